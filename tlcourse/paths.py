@@ -1,0 +1,44 @@
+"""Where the course keeps things: the project root, ``data/``, ``build/`` and the mirror.
+
+Every location can be moved with an environment variable, so tests and classrooms can point
+the package somewhere else without editing code:
+
+``TLCOURSE_ROOT``        the project root (default: the folder above this package)
+``TLCOURSE_DATA_DIR``    the first place datasets are looked for (default: ``<root>/data``)
+``TLCOURSE_BUILD_DIR``   where executed notebooks, metrics and renders go (default: ``<root>/build``)
+``TLCOURSE_MIRROR``      a folder that mirrors the course's dataset files (an instructor's USB
+                         stick, a classroom share, ``../shared/datasets`` in CI); unset by default
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MIRROR_ENV = "TLCOURSE_MIRROR"
+
+
+def project_root() -> Path:
+    """The course checkout: ``$TLCOURSE_ROOT``, or the folder that holds the ``tlcourse`` package."""
+    env = os.environ.get("TLCOURSE_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """The project's own dataset folder, searched first (``$TLCOURSE_DATA_DIR`` or ``<root>/data``)."""
+    env = os.environ.get("TLCOURSE_DATA_DIR")
+    return Path(env).expanduser().resolve() if env else project_root() / "data"
+
+
+def build_dir() -> Path:
+    """Where generated files go (``$TLCOURSE_BUILD_DIR`` or ``<root>/build``)."""
+    env = os.environ.get("TLCOURSE_BUILD_DIR")
+    return Path(env).expanduser().resolve() if env else project_root() / "build"
+
+
+def mirror_dir() -> Path | None:
+    """The mirror folder named by ``$TLCOURSE_MIRROR``, or ``None`` when the variable is unset."""
+    env = os.environ.get(MIRROR_ENV)
+    return Path(env).expanduser().resolve() if env else None
