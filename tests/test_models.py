@@ -190,8 +190,8 @@ def test_a_failing_download_becomes_a_clear_error(empty_hub, monkeypatch):
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("connection reset")
 
-    monkeypatch.setattr(torchvision.models.resnet, "load_state_dict_from_url", refuse, raising=False)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    # torchvision's WeightsEnum.get_state_dict calls the copy imported into models._api
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", refuse)
     with pytest.raises(M.WeightsUnavailableError, match="connection reset"):
         M.build_backbone("resnet18")
 
