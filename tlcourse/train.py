@@ -1,0 +1,750 @@
+"""Training: the classic PyTorch loops (``train_loop`` / ``test_loop``) and ``fit`` built on them.
+
+Read top to bottom, this module is the recipe the notebooks teach inline once:
+
+1. pick a device (``select_device``) and seed everything (``seed_everything``);
+2. one pass over the training data (``train_loop``) and one over the validation data
+   (``test_loop``), each returning an ``EpochStats``;
+3. ``fit`` repeats 2 for a number of epochs, keeps a ``History``, writes checkpoints
+   (``best.pt``, ``last.pt``) and resumes from ``last.pt`` after an interruption.
+
+Two choices shape everything below:
+
+- **Reproducible on CPU.** ``fit`` re-seeds the random number generators at the start of every
+  epoch from ``(seed, epoch)``. The shuffle order, augmentation and dropout of epoch *k* are then
+  the same whether the run went straight through or was resumed from a checkpoint.
+- **Checkpoints load with ``torch.load(..., weights_only=True)``.** Pickle can run arbitrary code,
+  so a course that hands checkpoints around must not unpickle them. Everything saved is therefore
+  tensors, numbers, strings, lists and dicts only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from tqdm.auto import tqdm
+
+__all__ = [
+    "EpochStats",
+    "History",
+    "amp_settings",
+    "epoch_seed",
+    "fit",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+    "select_device",
+    "set_train_mode",
+    "test_loop",
+    "train_loop",
+]
+
+#: Bumped when the layout of ``last.pt`` / ``best.pt`` changes.
+CHECKPOINT_FORMAT = 1
+
+EpochCallback = Callable[[int, dict[str, Any], nn.Module], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Device and seeds
+# --------------------------------------------------------------------------------------------
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def select_device(preferred: str | torch.device | None = None) -> torch.device:
+    """The device to train on: ``cuda`` if present, else ``mps`` (Apple silicon), else ``cpu``.
+
+    ``preferred`` may be ``None`` or ``"auto"`` (choose as above), ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or ``"mps"``. A notebook's parameters cell can ask for ``"cuda"`` on a laptop
+    without one: instead of crashing, this warns (``UserWarning``) and returns the CPU, so the
+    same notebook runs everywhere, only slower.
+
+    Raises:
+        ValueError: ``preferred`` is not a device name at all (a typo such as ``"gpu"``).
+    """
+    if preferred is None or str(preferred).lower() == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+
+    try:
+        device = torch.device(preferred)
+    except RuntimeError as err:
+        raise ValueError(
+            f"Unknown device {preferred!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+        ) from err
+
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            warnings.warn(
+                f"Device {preferred!r} was requested but CUDA is not available "
+                "(no NVIDIA GPU or a CPU-only PyTorch build); falling back to 'cpu'.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return torch.device("cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            warnings.warn(
+                f"Device {preferred!r} was requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) exist; falling back to 'cpu'.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return torch.device("cpu")
+    elif device.type == "mps" and not _mps_available():
+        warnings.warn(
+            f"Device {preferred!r} was requested but MPS is not available "
+            "(it needs Apple silicon and macOS 12.3+); falling back to 'cpu'.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return torch.device("cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and PyTorch (CPU and every GPU) with ``seed``.
+
+    On the CPU this makes a run repeatable. It does not call
+    ``torch.use_deterministic_algorithms(True)``: that would make some GPU kernels raise, and
+    the course prefers speed on the GPU to bit-for-bit repeatability there.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy only takes 32-bit seeds
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed ``fit`` uses for ``epoch`` (1-based) of a run started with ``seed``.
+
+    A hash of the pair rather than ``seed + epoch``, so runs with neighbouring seeds do not
+    share epochs (seed 0 epoch 2 would otherwise equal seed 1 epoch 1).
+    """
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def amp_settings(device: torch.device) -> tuple[bool, torch.dtype | None]:
+    """Whether to use mixed precision on ``device``, and in which dtype: ``(enabled, dtype)``.
+
+    - CUDA with bfloat16 support (Ampere and newer): ``(True, torch.bfloat16)``. bf16 has
+      float32's range, so no loss scaling is needed.
+    - Older CUDA GPUs: ``(True, torch.float16)``. fp16 gradients can underflow to zero, so
+      ``fit`` pairs this with a ``torch.amp.GradScaler``.
+    - CPU and MPS: ``(False, None)``; full float32, where autocast would gain little.
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, torch.bfloat16
+        return True, torch.float16
+    return False, None
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    enabled, dtype = amp_settings(device)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# One epoch
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochStats:
+    """What one pass over a loader measured.
+
+    Attributes:
+        loss: mean loss per sample.
+        accuracy: fraction of samples whose top-1 prediction is right, in [0, 1].
+        n: number of samples seen.
+        seconds: wall-clock time of the pass.
+    """
+
+    loss: float
+    accuracy: float
+    n: int
+    seconds: float
+
+
+def set_train_mode(model: nn.Module) -> list[str]:
+    """Put ``model`` in training mode, except BatchNorm layers whose parameters are all frozen.
+
+    Why: a BatchNorm layer in train mode normalises with the current batch's statistics and
+    updates its running mean/variance, even when its weight and bias have
+    ``requires_grad=False``. Freezing a pretrained backbone would then still let its running
+    statistics drift towards the new (small) dataset, which silently changes the "frozen"
+    features and often hurts accuracy. Keeping those layers in eval mode makes frozen really
+    frozen. A BatchNorm layer without parameters (``affine=False``) has nothing to say whether
+    it is frozen, so it follows the model into train mode.
+
+    Returns:
+        The names of the BatchNorm layers kept in eval mode (handy to print in a notebook).
+    """
+    model.train()
+    kept_in_eval = []
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+                kept_in_eval.append(name)
+    return kept_in_eval
+
+
+def _check_num_classes(outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Raise a readable error when labels do not fit the model's head.
+
+    CrossEntropyLoss would otherwise fail with "Target N is out of bounds" on the CPU, or a
+    device-side assert on the GPU that poisons the whole CUDA context.
+    """
+    if targets.dtype.is_floating_point or outputs.ndim != 2 or targets.numel() == 0:
+        return  # soft targets (mixup, label smoothing by hand) carry no class index
+    num_outputs = outputs.shape[1]
+    max_label = int(targets.max())
+    if max_label >= num_outputs:
+        raise ValueError(
+            f"The model's head has {num_outputs} outputs but the data has labels up to "
+            f"{max_label} (at least {max_label + 1} classes). Give the model a head that matches "
+            "the dataset with replace_head(model, num_classes) from tlcourse.models "
+            "before training."
+        )
+
+
+def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> int:
+    if targets.ndim == outputs.ndim:  # soft targets: compare with their most likely class
+        targets = targets.argmax(dim=1)
+    return int((outputs.argmax(dim=1) == targets).sum())
+
+
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # non_blocking lets the copy overlap with compute when the loader uses pinned memory.
+    return batch.to(device, non_blocking=device.type == "cuda")
+
+
+def train_loop(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    scheduler: LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> EpochStats:
+    """One epoch of training: forward, loss, backward, optimizer step for every batch.
+
+    Args:
+        model: already on ``device``. Put in train mode with :func:`set_train_mode`, so frozen
+            BatchNorm layers keep their running statistics.
+        loader: yields ``(inputs, targets)`` batches; targets are class indices (or soft
+            targets of the outputs' shape).
+        loss_fn: returns the batch *mean* (``reduction="mean"``, the default), as
+            ``nn.CrossEntropyLoss()`` does.
+        optimizer: updates the parameters.
+        device: where the batches go.
+        scheduler: stepped after **every batch**, as ``OneCycleLR`` expects. An epoch-based
+            scheduler (``StepLR``, ``CosineAnnealingLR`` counted in epochs) must not be passed
+            here: step it yourself after the epoch, or let ``fit(scheduler_step="epoch")`` do it.
+        scaler: a ``torch.amp.GradScaler`` for float16 autocast on CUDA; when ``None`` and
+            fp16 is used, one is created for this epoch. Unused on CPU.
+        progress: show a tqdm progress bar with the running loss.
+        desc: the progress bar's label.
+
+    Raises:
+        ValueError: the loader is empty, or a label does not fit the model's head.
+    """
+    set_train_mode(model)
+    amp_enabled, amp_dtype = amp_settings(device)
+    if scaler is None and amp_enabled and amp_dtype == torch.float16:
+        scaler = torch.amp.GradScaler(device.type)
+
+    total_loss, correct, n = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for inputs, targets in bar:
+        inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+        with _autocast(device):
+            outputs = model(inputs)
+            _check_num_classes(outputs, targets)
+            loss = loss_fn(outputs, targets)
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+        batch_size = targets.shape[0]
+        total_loss += loss.item() * batch_size
+        correct += _count_correct(outputs, targets)
+        n += batch_size
+        bar.set_postfix(loss=f"{total_loss / n:.4f}")
+
+    if n == 0:
+        raise ValueError("The training loader yielded no samples (is drop_last=True with a tiny dataset?).")
+    return EpochStats(loss=total_loss / n, accuracy=correct / n, n=n, seconds=time.perf_counter() - start)
+
+
+def test_loop(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    *,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EpochStats:
+    """One pass over ``loader`` in eval mode without gradients: mean loss and accuracy.
+
+    Leaves the model in eval mode (BatchNorm uses running statistics, dropout is off).
+    ``torch.inference_mode`` skips autograd bookkeeping entirely, so evaluation is faster and
+    lighter than with ``torch.no_grad``.
+
+    Raises:
+        ValueError: the loader is empty, or a label does not fit the model's head.
+    """
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+        for inputs, targets in bar:
+            inputs, targets = _to_device(inputs, device), _to_device(targets, device)
+            with _autocast(device):
+                outputs = model(inputs)
+                _check_num_classes(outputs, targets)
+                loss = loss_fn(outputs, targets)
+            batch_size = targets.shape[0]
+            total_loss += loss.item() * batch_size
+            correct += _count_correct(outputs, targets)
+            n += batch_size
+            bar.set_postfix(loss=f"{total_loss / n:.4f}")
+    if n == 0:
+        raise ValueError("The evaluation loader yielded no samples.")
+    return EpochStats(loss=total_loss / n, accuracy=correct / n, n=n, seconds=time.perf_counter() - start)
+
+
+# The name follows the PyTorch tutorials; this stops pytest collecting it as a test when a test
+# module does `from tlcourse.train import test_loop`.
+test_loop.__test__ = False  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------------------------
+# History
+# --------------------------------------------------------------------------------------------
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr")
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of a ``fit`` run; plain numbers only, so it is JSON-serialisable.
+
+    Attributes:
+        epochs: one dict per epoch with the keys ``epoch`` (1-based), ``train_loss``,
+            ``train_acc``, ``val_loss``, ``val_acc``, ``seconds`` (train + validation wall
+            time) and ``lr`` (the first parameter group's learning rate at the start of the
+            epoch).
+    """
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The (1-based) epoch with the highest validation accuracy; the earliest on a tie."""
+        if not self.epochs:
+            return None
+        best = max(self.epochs, key=lambda e: (e["val_acc"], -e["epoch"]))
+        return int(best["epoch"])
+
+    @property
+    def best_val_acc(self) -> float | None:
+        """The highest validation accuracy of the run, or ``None`` before the first epoch."""
+        return max((e["val_acc"] for e in self.epochs), default=None)
+
+    def as_dict(self) -> dict[str, list[Any]]:
+        """Column view: ``{"epoch": [1, 2, ...], "val_acc": [...], ...}`` (easy to plot)."""
+        keys = list(self.epochs[0]) if self.epochs else list(HISTORY_KEYS)
+        return {k: [e.get(k) for e in self.epochs] for k in keys}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The history as JSON text (epochs plus the best epoch, for a human reading the file)."""
+        return json.dumps(
+            {"epochs": self.epochs, "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc},
+            indent=indent,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> History:
+        """Rebuild a ``History`` from :meth:`to_json`'s output."""
+        return cls(epochs=list(json.loads(text)["epochs"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Save ``obj`` with ``torch.save`` atomically: the file is either the old one or the new one.
+
+    Writing straight to ``path`` and being killed halfway (Ctrl-C, a notebook kernel restart,
+    a preempted cloud machine) would leave a truncated file and lose the last good checkpoint.
+    So: write a temporary file in the same folder, flush and fsync it to disk, then
+    ``os.replace`` it over ``path``, which is atomic on POSIX and Windows.
+
+    Keep ``obj`` to tensors, numbers, strings, lists and dicts so that
+    ``torch.load(..., weights_only=True)`` can read it back.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def _state_dict_mismatch(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between ``model``'s state_dict and ``state`` (empty if none)."""
+    own = model.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        problems.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    for k, v in own.items():
+        other = state.get(k)
+        if isinstance(other, torch.Tensor) and other.shape != v.shape:
+            problems.append(f"{k}: checkpoint {tuple(other.shape)} vs model {tuple(v.shape)}")
+            if len(problems) >= 5:
+                break
+    return problems
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Read a checkpoint written by ``fit``/``save_checkpoint``, with ``weights_only=True``.
+
+    When ``model`` is given, its weights are replaced by the checkpoint's (``ckpt["model"]``,
+    or the whole file if it is a bare state_dict). To go back to the best epoch after ``fit``::
+
+        load_checkpoint(Path(checkpoint_dir) / "best.pt", model)
+
+    Returns:
+        The checkpoint dict (``best.pt``: ``model``, ``epoch``, ``val_acc``, ``meta``;
+        ``last.pt`` adds ``optimizer``, ``scheduler``, ``history``, ``seed``...).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable checkpoint, or it was written for a model
+            with different layers/shapes than ``model``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated file, not a torch file, or pickled custom objects
+        raise ValueError(
+            f"Could not read checkpoint {path} ({type(err).__name__}: {err}). "
+            "Delete it, or point checkpoint_dir to another folder."
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"Checkpoint {path} holds a {type(ckpt).__name__}, not a dict.")
+    if model is not None:
+        state = ckpt.get("model", ckpt)
+        problems = _state_dict_mismatch(model, state)
+        if problems:
+            raise ValueError(
+                f"Checkpoint {path} was written by a different model: " + "; ".join(problems)
+                + ". Delete it, or point checkpoint_dir to another folder "
+                "(or pass resume=False to fit to start over)."
+            )
+        model.load_state_dict(state)
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+
+
+def _check_scheduler(
+    scheduler: LRScheduler | None, optimizer: torch.optim.Optimizer, scheduler_step: str
+) -> None:
+    if scheduler_step not in ("epoch", "batch"):
+        raise ValueError(f"scheduler_step must be 'epoch' or 'batch', not {scheduler_step!r}.")
+    if scheduler is None:
+        return
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise ValueError(
+            "The scheduler was built for another optimizer: pass that optimizer to fit too "
+            "(fit(..., optimizer=opt, scheduler=sched))."
+        )
+    if scheduler_step == "batch" and isinstance(scheduler, ReduceLROnPlateau):
+        raise ValueError("ReduceLROnPlateau needs the validation loss: use scheduler_step='epoch'.")
+
+
+def _warn_untrained_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Warn when a trainable parameter is missing from the optimizer: it would never change."""
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_optimizer]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} trainable parameter(s) (e.g. {missing[0]!r}) are not in the optimizer "
+            "and will not be updated. Build the optimizer over all the parameters you will "
+            "unfreeze (frozen ones are skipped because their grad stays None), or let fit build it.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    scheduler: LRScheduler | None = None,
+    scheduler_step: Literal["epoch", "batch"] = "epoch",
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_epoch_end: EpochCallback | None = None,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs, validating after each, and return the ``History``.
+
+    Args:
+        model: the network; it is moved to ``device``.
+        train_loader, val_loader: yield ``(inputs, targets)`` batches.
+        epochs: the total number of epochs of the run (a resumed run continues up to it).
+        optimizer: defaults to SGD with momentum 0.9 at ``lr`` (the classic PyTorch
+            fine-tuning recipe) over **all** parameters. Frozen parameters get no gradient, and
+            SGD skips parameters whose grad is None, so they are not touched; including them
+            lets ``on_epoch_end`` unfreeze layers later without rebuilding the optimizer.
+        lr: learning rate of the default optimizer (ignored when ``optimizer`` is given).
+        loss_fn: defaults to ``nn.CrossEntropyLoss()``.
+        scheduler: an LR scheduler built on ``optimizer``.
+        scheduler_step: ``"epoch"`` steps it after each epoch (``StepLR``,
+            ``CosineAnnealingLR(T_max=epochs)``; ``ReduceLROnPlateau`` gets the validation
+            loss); ``"batch"`` steps it after each batch (``OneCycleLR`` with
+            ``total_steps=epochs * len(train_loader)``).
+        device: ``None`` picks cuda > mps > cpu (see :func:`select_device`). On CUDA, training
+            uses autocast (bf16, or fp16 with a GradScaler; see :func:`amp_settings`).
+        seed: seeds everything at the start, and each epoch is re-seeded with
+            ``epoch_seed(seed, epoch)`` so that shuffling, augmentation and dropout of an epoch
+            do not depend on whether the run was resumed. The model's initial weights are
+            *not* covered: seed before building the model. (DataLoaders with their own
+            ``generator`` are re-seeded too; ``persistent_workers=True`` is not reproducible
+            across a resume.)
+        checkpoint_dir: when given, ``best.pt`` is written whenever validation accuracy improves
+            (model weights, ``epoch``, ``val_acc``, ``meta``) and ``last.pt`` after every epoch
+            (model, optimizer, scheduler, scaler, epoch, history, seed, trainable parameters).
+        resume: continue from ``checkpoint_dir/last.pt`` when it exists. The checkpoint must
+            come from the same model architecture and seed, else ``ValueError``.
+        meta: extra JSON-like data for both checkpoints, e.g.
+            ``{"num_classes": 10, "class_names": [...], "backbone": "resnet18"}``.
+        progress: tqdm bars per epoch and one summary line per epoch.
+        on_epoch_end: ``callback(epoch, stats, model)`` called after each epoch with the
+            history entry (a copy). It may change the model, e.g. unfreeze a block for gradual
+            unfreezing; it runs before ``last.pt`` is written, so a resume sees its changes
+            (which parameters are trainable is saved and restored).
+
+    Returns:
+        The ``History``. The model is left on ``device``, in eval mode, with the **last**
+        epoch's weights; restore the best ones with
+        ``load_checkpoint(Path(checkpoint_dir) / "best.pt", model)``.
+
+    Raises:
+        ValueError: bad arguments, a label that does not fit the model's head, or a
+            ``last.pt`` that belongs to another model or seed.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, not {epochs}.")
+    seed_everything(seed)
+    device = device if isinstance(device, torch.device) else select_device(device)
+    model.to(device)
+
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    else:
+        _warn_untrained_params(model, optimizer)
+    _check_scheduler(scheduler, optimizer, scheduler_step)
+    loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    amp_enabled, amp_dtype = amp_settings(device)
+    scaler = torch.amp.GradScaler(device.type) if amp_enabled and amp_dtype == torch.float16 else None
+
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    history = History()
+    start_epoch = 1
+    if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
+        start_epoch = _resume(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, seed, history)
+    best_val_acc = history.best_val_acc if history.best_val_acc is not None else -1.0
+
+    for epoch in range(start_epoch, epochs + 1):
+        # Re-seed from (seed, epoch): the DataLoader draws its shuffle order and worker seeds from
+        # the global torch RNG when its iterator is created, so this pins epoch `epoch` to the
+        # same batches and augmentations whether or not earlier epochs ran in this process.
+        seed_everything(epoch_seed(seed, epoch))
+        generator = getattr(train_loader, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(epoch_seed(seed, epoch))
+
+        lr_now = float(optimizer.param_groups[0]["lr"])
+        train = train_loop(
+            model, train_loader, loss_fn, optimizer, device,
+            scheduler=scheduler if scheduler_step == "batch" else None,
+            scaler=scaler, progress=progress, desc=f"epoch {epoch}/{epochs} train",
+        )
+        val = test_loop(model, val_loader, loss_fn, device, progress=progress, desc=f"epoch {epoch}/{epochs} val")
+        if scheduler is not None and scheduler_step == "epoch":
+            if isinstance(scheduler, ReduceLROnPlateau):
+                scheduler.step(val.loss)
+            else:
+                scheduler.step()
+
+        stats = {
+            "epoch": epoch,
+            "train_loss": train.loss,
+            "train_acc": train.accuracy,
+            "val_loss": val.loss,
+            "val_acc": val.accuracy,
+            "seconds": train.seconds + val.seconds,
+            "lr": lr_now,
+        }
+        history.epochs.append(stats)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}/{epochs}  train loss {train.loss:.4f} acc {train.accuracy:.3f}  "
+                f"val loss {val.loss:.4f} acc {val.accuracy:.3f}  ({stats['seconds']:.1f}s)"
+            )
+
+        if ckpt_dir is not None and val.accuracy > best_val_acc:
+            save_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "model": model.state_dict(),
+                    "epoch": epoch,
+                    "val_acc": val.accuracy,
+                    "meta": dict(meta or {}),
+                },
+                ckpt_dir / "best.pt",
+            )
+        best_val_acc = max(best_val_acc, val.accuracy)
+
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, dict(stats), model)
+            _warn_untrained_params(model, optimizer)
+
+        if ckpt_dir is not None:
+            save_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "epoch": epoch,
+                    "history": [dict(e) for e in history.epochs],
+                    "seed": seed,
+                    "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
+                    "meta": dict(meta or {}),
+                },
+                ckpt_dir / "last.pt",
+            )
+    model.eval()
+    return history
+
+
+def _resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler | None,
+    scaler: torch.amp.GradScaler | None,
+    seed: int,
+    history: History,
+) -> int:
+    """Restore a run from ``last.pt`` into the given objects; return the next epoch to train."""
+    ckpt = load_checkpoint(path, model)  # raises ValueError for another model or a bad file
+    if ckpt.get("seed") != seed:
+        raise ValueError(
+            f"Checkpoint {path} was written with seed={ckpt.get('seed')}, but fit got seed={seed}. "
+            "Pass the same seed to continue that run, or delete the checkpoint / use another "
+            "checkpoint_dir (or resume=False) to start a new one."
+        )
+    # Restore which parameters were trainable: on_epoch_end may have unfrozen some.
+    if "trainable" in ckpt:
+        trainable = set(ckpt["trainable"])
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trainable)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError) as err:
+        raise ValueError(
+            f"Checkpoint {path} has an optimizer/scheduler state that does not fit the ones given "
+            f"to fit ({err}). Use the same optimizer setup, or delete the checkpoint / use another "
+            "checkpoint_dir."
+        ) from err
+    history.epochs.extend(dict(e) for e in ckpt.get("history", []))
+    return int(ckpt["epoch"]) + 1
