@@ -55,7 +55,7 @@ def report_text(info: dict[str, Any] | None = None) -> str:
     ]
     missing = []
     for row in info["datasets"]:
-        where = row.get("where")
+        where = row.get("found")
         lines.append(f"  {'ok ' if where else '-- '} {row['name']:<18} {where or 'not here yet (downloads on first use)'}")
         if not where:
             missing.append(row["name"])

@@ -1,0 +1,47 @@
+# Transfer Learning for Computer Vision: the two commands you need
+#   make course   set up .venv if needed, execute every notebook (default profile) into build/
+#   make test     set up .venv if needed, run the unit tests and execute every notebook (ci profile)
+# More: make lab (JupyterLab), make refresh (re-execute and commit-ready notebooks), make status
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tlcourse-installed
+# Everything below runs with the virtual environment first on PATH, so Jupyter kernels use it too.
+export PATH := $(abspath $(BIN)):$(PATH)
+# Use the dataset mirror next to the checkout when there is one (an instructor's copy, or CI's).
+ifneq ($(wildcard ../shared/datasets),)
+export TLCOURSE_MIRROR ?= $(abspath ../shared/datasets)
+endif
+PROFILE ?= default
+
+.PHONY: setup course test unit lab refresh status clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/python -m tlcourse course --profile $(PROFILE)
+
+test: $(STAMP)
+	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebook" tests
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ip=127.0.0.1 notebooks/
+
+refresh: $(STAMP)
+	$(BIN)/python -m tlcourse course --profile default --update-notebooks
+
+status: $(STAMP)
+	$(BIN)/python -m tlcourse status
+
+clean:
+	rm -rf build

@@ -1,0 +1,83 @@
+"""Every notebook in notebooks/ is a lesson that CI executes and checks.
+
+New notebooks are picked up automatically. Each one must:
+- be well-formed for learners and instructors (objectives, a ``parameters`` cell, slide metadata,
+  a summary with exercises) and carry the outputs of a real run, in order, with no errors;
+- run end to end with its ``ci`` profile under papermill;
+- record its key results with ``tlcourse.results.record`` and meet the thresholds it declares in
+  its notebook metadata under ``tlcourse.checks``.
+
+nbval (``pytest --nbval-lax notebooks``) additionally re-runs each notebook and compares the
+cells marked ``# NBVAL_CHECK_OUTPUT`` with their committed outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tlcourse.course import execute_notebook, notebooks
+from tlcourse.results import check_metrics, load_metrics, metrics_path
+
+NOTEBOOKS = notebooks()
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.stem for p in paths]
+
+
+def test_the_course_has_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no NN_topic.ipynb lessons"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_structure(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    cells = nb.cells
+    first = cells[0]
+    assert first.cell_type == "markdown" and "learning objectives" in first.source.lower(), \
+        "the first cell states the learning objectives"
+    tagged = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code", "exactly one code cell tagged 'parameters'"
+    assert "PROFILE" in tagged[0].source
+    assert all("slideshow" in c.metadata for c in cells), "every cell has slideshow metadata"
+    assert cells[0].metadata["slideshow"]["slide_type"] == "slide"
+    tail = " ".join(c.source.lower() for c in cells[-3:] if c.cell_type == "markdown")
+    assert "summary" in tail and "exercise" in tail, "the notebook ends with a summary and exercises"
+    assert nb.metadata.get("tlcourse", {}).get("checks"), "metadata.tlcourse.checks declares thresholds for CI"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_outputs_come_from_one_clean_run(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    counts = [c.execution_count for c in code]
+    assert None not in counts, "every code cell has been executed"
+    assert counts == list(range(1, len(code) + 1)), "cells were executed once, top to bottom"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, "committed outputs contain errors"
+    # the committed run is the default profile (the one learners see)
+    params = next(c for c in code if "parameters" in c.metadata.get("tags", []))
+    assert 'PROFILE = "default"' in params.source
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs_in_ci_profile_and_meets_its_thresholds(path: Path, tmp_path: Path):
+    metrics_file = metrics_path(path.stem)
+    if metrics_file.exists():
+        metrics_file.unlink()  # only this run's results count
+    executed = tmp_path / path.name
+    seconds = execute_notebook(path, executed, profile="ci", progress=False)
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    record = json.loads(metrics_file.read_text())
+    assert record.get("profile") == "ci", "the notebook records which profile produced its results"
+    checks = nbformat.read(path, as_version=4).metadata["tlcourse"]["checks"]
+    failures = check_metrics(load_metrics(path.stem), checks)
+    assert not failures, f"{path.name} ({seconds:.0f} s): " + "; ".join(failures)
