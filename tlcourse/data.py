@@ -837,7 +837,8 @@ Transform = Callable[[Image.Image], Any]
 
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """Open any image as RGB: brain-mri mixes L, RGBA and palette files, and models want 3 channels."""
-    with Image.open(path) as image:
+    with Image.open(path) as opened:
+        image: Image.Image = opened
         # A palette image with a transparent colour must go through RGBA; PIL warns otherwise.
         if image.mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")

@@ -277,7 +277,7 @@ def build_backbone(name: str = DEFAULT_BACKBONE, num_classes: int | None = None,
                 raise WeightsUnavailableError(_offline_message(spec, reason=str(exc))) from None
         else:
             model = builder(weights=None)
-    model.tlcourse_backbone = spec.name  # lets get_spec(model) find the entry again
+    setattr(model, "tlcourse_backbone", spec.name)  # lets get_spec(model) find the entry again
     if num_classes is not None:
         replace_head(model, num_classes)
     return model

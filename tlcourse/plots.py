@@ -53,10 +53,10 @@ def _to_list(values: Any) -> list[Any]:
 def _display_array(image: Any) -> np.ndarray:
     """A (H, W) or (H, W, C) array imshow understands, from a (C, H, W) tensor or a PIL image."""
     if isinstance(image, torch.Tensor):
-        array = image.detach().cpu().float()
-        if array.ndim == 3:
-            array = array.permute(1, 2, 0)  # channels last, as matplotlib expects
-        array = array.numpy()
+        tensor = image.detach().cpu().float()
+        if tensor.ndim == 3:
+            tensor = tensor.permute(1, 2, 0)  # channels last, as matplotlib expects
+        array = tensor.numpy()
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         return array
