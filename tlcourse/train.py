@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import tempfile
 import time
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.utils.data import ConcatDataset, Subset
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -45,7 +47,9 @@ __all__ = [
     "amp_settings",
     "epoch_seed",
     "fit",
+    "dataset_num_classes",
     "load_checkpoint",
+    "model_info",
     "save_checkpoint",
     "seed_everything",
     "select_device",
@@ -214,15 +218,26 @@ def set_train_mode(model: nn.Module) -> list[str]:
     return kept_in_eval
 
 
-def _check_num_classes(outputs: torch.Tensor, targets: torch.Tensor) -> None:
+def _check_num_classes(
+    outputs: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None
+) -> None:
     """Raise a readable error when labels do not fit the model's head.
 
     CrossEntropyLoss would otherwise fail with "Target N is out of bounds" on the CPU, or a
-    device-side assert on the GPU that poisons the whole CUDA context.
+    device-side assert on the GPU that poisons the whole CUDA context. When the dataset's class
+    count is known (``num_classes``), a head with *more* outputs is refused too: it trains
+    without any error, but can predict classes that do not exist (a forgotten
+    ``replace_head`` leaves ImageNet's 1000).
     """
     if targets.dtype.is_floating_point or outputs.ndim != 2 or targets.numel() == 0:
         return  # soft targets (mixup, label smoothing by hand) carry no class index
     num_outputs = outputs.shape[1]
+    if num_classes is not None and num_outputs != num_classes:
+        raise ValueError(
+            f"The model's head has {num_outputs} outputs but the dataset has {num_classes} "
+            f"classes. Give the model a head that matches the dataset with "
+            f"replace_head(model, {num_classes}) from tlcourse.models before training."
+        )
     max_label = int(targets.max())
     if max_label >= num_outputs:
         raise ValueError(
@@ -255,6 +270,7 @@ def train_loop(
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = True,
     desc: str = "train",
+    num_classes: int | None = None,
 ) -> EpochStats:
     """One epoch of training: forward, loss, backward, optimizer step for every batch.
 
@@ -274,6 +290,8 @@ def train_loop(
             fp16 is used, one is created for this epoch. Unused on CPU.
         progress: show a tqdm progress bar with the running loss.
         desc: the progress bar's label.
+        num_classes: the dataset's number of classes, when known: the model's output count
+            must equal it (``fit`` passes it from the dataset's ``.classes``).
 
     Raises:
         ValueError: the loader is empty, or a label does not fit the model's head.
@@ -290,7 +308,7 @@ def train_loop(
         inputs, targets = _to_device(inputs, device), _to_device(targets, device)
         with _autocast(device):
             outputs = model(inputs)
-            _check_num_classes(outputs, targets)
+            _check_num_classes(outputs, targets, num_classes)
             loss = loss_fn(outputs, targets)
 
         optimizer.zero_grad(set_to_none=True)
@@ -323,6 +341,7 @@ def test_loop(
     *,
     progress: bool = True,
     desc: str = "eval",
+    num_classes: int | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` in eval mode without gradients: mean loss and accuracy.
 
@@ -342,7 +361,7 @@ def test_loop(
             inputs, targets = _to_device(inputs, device), _to_device(targets, device)
             with _autocast(device):
                 outputs = model(inputs)
-                _check_num_classes(outputs, targets)
+                _check_num_classes(outputs, targets, num_classes)
                 loss = loss_fn(outputs, targets)
             batch_size = targets.shape[0]
             total_loss += loss.item() * batch_size
@@ -448,6 +467,17 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     return path
 
 
+def _remove_partial_checkpoints(folder: Path) -> None:
+    """Delete the temporary files of saves that were killed mid-write (see save_checkpoint).
+
+    They are never read (the checkpoint itself is intact), only clutter the folder.
+    """
+    for name in ("last.pt", "best.pt"):
+        for partial in folder.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                partial.unlink()
+
+
 def _state_dict_mismatch(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between ``model``'s state_dict and ``state`` (empty if none)."""
     own = model.state_dict()
@@ -465,6 +495,47 @@ def _state_dict_mismatch(model: nn.Module, state: Mapping[str, Any]) -> list[str
             if len(problems) >= 5:
                 break
     return problems
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records about its model, so a mismatch can be explained later:
+    the class name, the registry backbone (if built by ``build_backbone``) and the head size."""
+    from tlcourse.models import describe_state_dict
+
+    backbone, outputs = describe_state_dict(model.state_dict())
+    return {
+        "class": type(model).__name__,
+        "backbone": getattr(model, "tlcourse_backbone", None) or backbone,
+        "num_outputs": outputs,
+    }
+
+
+def _describe_model(state: Mapping[str, Any], info: Mapping[str, Any]) -> str:
+    """"a resnet18 with 5 outputs (62 tensors)", from saved info or guessed from the tensors."""
+    from tlcourse.models import describe_state_dict
+
+    guessed_backbone, guessed_outputs = describe_state_dict(state)
+    backbone = info.get("backbone") or guessed_backbone or info.get("class") or "an unknown model"
+    outputs = info.get("num_outputs") or guessed_outputs
+    head = f" with {outputs} outputs" if outputs else ""
+    return f"{backbone}{head} ({len(state)} tensors)"
+
+
+def dataset_num_classes(loader: Any) -> int | None:
+    """The number of classes of a loader's (or dataset's) data, from its ``.classes``; None if
+    it does not say (a plain ``TensorDataset``). Looks through ``Subset`` and ``ConcatDataset``."""
+    dataset = getattr(loader, "dataset", loader)
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if isinstance(dataset, ConcatDataset) and dataset.datasets:
+        dataset = dataset.datasets[0]
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    try:
+        return len(classes) if classes is not None and len(classes) > 0 else None
+    except TypeError:
+        return None
 
 
 def load_checkpoint(
@@ -486,15 +557,31 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a readable checkpoint, or it was written for a model
-            with different layers/shapes than ``model``.
+        ValueError: the file is not a readable checkpoint; it holds pickled Python objects
+            that could run code (refused, never executed); or it was written for a model with
+            different layers/shapes than ``model`` (the message names both models).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated file, not a torch file, or pickled custom objects
+    except pickle.UnpicklingError as err:
+        blocked = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if not blocked:  # not a pickle of objects at all: a damaged file
+            raise ValueError(
+                f"Could not read checkpoint {path} ({type(err).__name__}: {err}). "
+                "Delete it, or point checkpoint_dir to another folder."
+            ) from err
+        # weights_only=True refuses any pickled object other than tensors and plain containers.
+        # Such an object could run code while loading: this is exactly what must not happen.
+        raise ValueError(
+            f"Refused to load checkpoint {path}: it holds Python objects other than tensors, "
+            f"numbers, strings, lists and dicts, and unpickling those can run arbitrary code "
+            f"({blocked[0]}). tlcourse never writes such files. Only if you fully trust its source, "
+            "load it yourself with torch.load(path, weights_only=False) and save its state_dict."
+        ) from err
+    except Exception as err:  # truncated file, not a torch file
         raise ValueError(
             f"Could not read checkpoint {path} ({type(err).__name__}: {err}). "
             "Delete it, or point checkpoint_dir to another folder."
@@ -505,9 +592,15 @@ def load_checkpoint(
         state = ckpt.get("model", ckpt)
         problems = _state_dict_mismatch(model, state)
         if problems:
+            saved = ckpt.get("model_info")
+            saved_info: dict[str, Any] = saved if isinstance(saved, dict) else {}
             raise ValueError(
-                f"Checkpoint {path} was written by a different model: " + "; ".join(problems)
-                + ". Delete it, or point checkpoint_dir to another folder "
+                f"Checkpoint {path} was written by a different model: it holds "
+                f"{_describe_model(state, saved_info)}, but the model is "
+                f"{_describe_model(model.state_dict(), model_info(model))}. Differences: "
+                + "; ".join(problems)
+                + ". Build the same backbone with the same number of classes to load it; for "
+                "fit: delete it, or point checkpoint_dir to another folder "
                 "(or pass resume=False to fit to start over)."
             )
         model.load_state_dict(state)
@@ -612,8 +705,10 @@ def fit(
         ``load_checkpoint(Path(checkpoint_dir) / "best.pt", model)``.
 
     Raises:
-        ValueError: bad arguments, a label that does not fit the model's head, or a
-            ``last.pt`` that belongs to another model or seed.
+        ValueError: bad arguments, a label that does not fit the model's head (or, when the
+            dataset has ``.classes``, a head with another number of outputs; checked on the
+            first batch, before any weight changes), or a ``last.pt`` that belongs to another
+            model or seed.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, not {epochs}.")
@@ -630,7 +725,10 @@ def fit(
     amp_enabled, amp_dtype = amp_settings(device)
     scaler = torch.amp.GradScaler(device.type) if amp_enabled and amp_dtype == torch.float16 else None
 
+    num_classes = dataset_num_classes(train_loader)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        _remove_partial_checkpoints(ckpt_dir)
     history = History()
     start_epoch = 1
     if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
@@ -651,8 +749,12 @@ def fit(
             model, train_loader, loss_fn, optimizer, device,
             scheduler=scheduler if scheduler_step == "batch" else None,
             scaler=scaler, progress=progress, desc=f"epoch {epoch}/{epochs} train",
+            num_classes=num_classes,
         )
-        val = test_loop(model, val_loader, loss_fn, device, progress=progress, desc=f"epoch {epoch}/{epochs} val")
+        val = test_loop(
+            model, val_loader, loss_fn, device, progress=progress,
+            desc=f"epoch {epoch}/{epochs} val", num_classes=num_classes,
+        )
         if scheduler is not None and scheduler_step == "epoch":
             if isinstance(scheduler, ReduceLROnPlateau):
                 scheduler.step(val.loss)
@@ -683,6 +785,7 @@ def fit(
                     "epoch": epoch,
                     "val_acc": val.accuracy,
                     "meta": dict(meta or {}),
+                    "model_info": model_info(model),
                 },
                 ckpt_dir / "best.pt",
             )
@@ -705,6 +808,7 @@ def fit(
                     "seed": seed,
                     "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
                     "meta": dict(meta or {}),
+                    "model_info": model_info(model),
                 },
                 ckpt_dir / "last.pt",
             )
