@@ -1,7 +1,8 @@
 # Transfer Learning for Computer Vision: the two commands you need
 #   make course   set up .venv if needed, execute every notebook (default profile) into build/
 #   make test     set up .venv if needed, run the unit tests and execute every notebook (ci profile)
-# More: make lab (JupyterLab), make refresh (re-execute and commit-ready notebooks), make status
+# More: make lab (JupyterLab), make slides (reveal.js decks in build/slides), make refresh
+#       (re-execute and commit-ready notebooks), make status
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +16,7 @@ export TLCOURSE_MIRROR ?= $(abspath ../shared/datasets)
 endif
 PROFILE ?= default
 
-.PHONY: setup course test unit lab refresh status clean
+.PHONY: setup course test unit lab slides refresh status clean
 
 setup: $(STAMP)
 
@@ -34,8 +35,13 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not notebook" tests
 
+# LAB_FLAGS adds JupyterLab options, e.g. make lab LAB_FLAGS="--no-browser --port=8890"
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ip=127.0.0.1 notebooks/
+	$(BIN)/jupyter lab --ip=127.0.0.1 $(LAB_FLAGS) notebooks/
+
+# Every notebook (with its committed outputs) as a reveal.js deck that works offline
+slides: $(STAMP)
+	$(BIN)/python -m tlcourse slides
 
 refresh: $(STAMP)
 	$(BIN)/python -m tlcourse course --profile default --update-notebooks

@@ -2,7 +2,8 @@
 
 New notebooks are picked up automatically. Each one must:
 - be well-formed for learners and instructors (objectives, a ``parameters`` cell, slide metadata,
-  a summary with exercises) and carry the outputs of a real run, in order, with no errors;
+  a summary, then 3 to 5 exercises with collapsed ``<details>`` solutions and at least one
+  ``tlcourse.exercises.check`` call) and carry the outputs of a real run, in order, with no errors;
 - run end to end with its ``ci`` profile under papermill;
 - record its key results with ``tlcourse.results.record`` and meet the thresholds it declares in
   its notebook metadata under ``tlcourse.checks``.
@@ -14,6 +15,7 @@ cells marked ``# NBVAL_CHECK_OUTPUT`` with their committed outputs.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -21,6 +23,7 @@ import pytest
 
 from tlcourse.course import execute_notebook, notebooks
 from tlcourse.results import check_metrics, load_metrics, metrics_path
+from tlcourse.slides import exercises_start
 
 NOTEBOOKS = notebooks()
 
@@ -45,9 +48,20 @@ def test_notebook_structure(path: Path):
     assert "PROFILE" in tagged[0].source
     assert all("slideshow" in c.metadata for c in cells), "every cell has slideshow metadata"
     assert cells[0].metadata["slideshow"]["slide_type"] == "slide"
-    tail = " ".join(c.source.lower() for c in cells[-3:] if c.cell_type == "markdown")
-    assert "summary" in tail and "exercise" in tail, "the notebook ends with a summary and exercises"
     assert nb.metadata.get("tlcourse", {}).get("checks"), "metadata.tlcourse.checks declares thresholds for CI"
+    # It ends with a summary, then 3 to 5 exercises, each with a collapsed solution, and at least
+    # one answer checked by tlcourse.exercises.check (tests/test_slides.py checks the slide metadata).
+    start = exercises_start(cells)
+    assert start is not None, "the notebook ends with a markdown cell headed '## Exercises'"
+    before = " ".join(c.source.lower() for c in cells[max(0, start - 2):start + 1] if c.cell_type == "markdown")
+    assert "## summary" in before, "a '## Summary' section comes right before the exercises"
+    exercise_list = re.findall(r"^\d+\.\s", cells[start].source, flags=re.M)
+    assert 3 <= len(exercise_list) <= 5, f"3 to 5 numbered exercises (found {len(exercise_list)})"
+    section = "\n".join(c.source for c in cells[start:])
+    solutions = re.findall(r"<details\b[^>]*>", section)
+    assert len(solutions) >= len(exercise_list), "every exercise has a solution in a <details> block"
+    assert not [s for s in solutions if re.search(r"\bopen\b", s)], "solutions start collapsed (no <details open>)"
+    assert re.search(r"\bcheck\(", section), "at least one exercise gives feedback with tlcourse.exercises.check(...)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

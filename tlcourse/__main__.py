@@ -1,8 +1,10 @@
-"""Command line: ``python -m tlcourse status | stage | env``.
+"""Command line: ``python -m tlcourse status | stage | env | course | slides``.
 
 - ``status``  which datasets and backbone weights are present, and where
 - ``stage``   copy verified dataset files into ``data/``, the mirror, or a folder for a classroom
 - ``env``     the environment report (Python, torch, devices) to paste into a bug report
+- ``course``  execute the notebooks (papermill) into ``build/notebooks`` and ``build/html``
+- ``slides``  render the notebooks to offline reveal.js decks in ``build/slides``
 
 Errors are printed as one readable message on stderr with exit code 1, never as a traceback.
 """
@@ -127,6 +129,26 @@ def run_course_command(profile: str, names: Sequence[str], html: bool, update: b
     return 0
 
 
+def run_slides_command(names: Sequence[str], source: str | None, out: str | None) -> int:
+    """Render the notebooks to reveal.js decks with :func:`tlcourse.slides.build_slides`."""
+    from tlcourse.slides import build_slides
+
+    rows = build_slides(names or None, out=Path(out).resolve() if out else None,
+                        source=Path(source).resolve() if source else None)
+    print(format_table(
+        ("notebook", "slides", "figure slides", "speaker notes", "deck"),
+        [(r["notebook"], r["slides"], r["figure_slides"], r["notes"], r["deck"]) for r in rows],
+    ))
+    for row in rows:
+        if not row["executed"]:
+            print(f"warning: {row['notebook']} has cells without outputs; its deck shows no results. "
+                  "Run `python -m tlcourse course` and use --from build/notebooks.", file=sys.stderr)
+    if rows:
+        print(f"\nOpen a deck in a browser (no internet needed), e.g. {rows[0]['deck']}; "
+              "press s for the speaker notes, f for full screen.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m tlcourse`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -158,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     course.add_argument("--no-html", action="store_true", help="skip the HTML renders")
     course.add_argument("--update-notebooks", action="store_true",
                         help="copy the executed notebooks back over notebooks/ (refreshes committed outputs)")
+    slides = commands.add_parser(
+        "slides", help="render every notebook to an offline reveal.js deck in build/slides"
+    )
+    slides.add_argument("--notebooks", nargs="*", default=[], metavar="NN",
+                        help="only notebooks whose name contains one of these (e.g. 01)")
+    slides.add_argument("--from", dest="source", default=None, metavar="DIR",
+                        help="folder of executed notebooks to render (default: notebooks/, which carry outputs; "
+                             "build/notebooks after `make course`)")
+    slides.add_argument("--out", default=None, metavar="DIR", help="where the decks go (default: build/slides)")
     return parser
 
 
@@ -171,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_stage(args.names, args.to, args.weights, progress=not args.no_progress)
         if args.command == "course":
             return run_course_command(args.profile, args.notebooks, not args.no_html, args.update_notebooks)
+        if args.command == "slides":
+            return run_slides_command(args.notebooks, args.source, args.out)
         return run_env()
     except ImportError as err:
         print(f"error: this command needs a module that is not available: {err}", file=sys.stderr)
