@@ -733,6 +733,11 @@ def fit(
     start_epoch = 1
     if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
         start_epoch = _resume(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, seed, history)
+        # Say so: a learner who re-runs a cell must not mistake a resumed run for a fresh one.
+        done = start_epoch - 1
+        left = "nothing left to train" if done >= epochs else f"continuing with epoch {start_epoch}"
+        print(f"[fit] resumed from {ckpt_dir / 'last.pt'}: {done} epoch(s) already done, {left} "
+              f"(pass resume=False or another checkpoint_dir to start over)")
     best_val_acc = history.best_val_acc if history.best_val_acc is not None else -1.0
 
     for epoch in range(start_epoch, epochs + 1):
