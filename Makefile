@@ -30,7 +30,7 @@ course: $(STAMP)
 	$(BIN)/python -m tlcourse course --profile $(PROFILE)
 
 test: $(STAMP)
-	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest --nbval-lax --nbval-current-env --durations=15 tests notebooks
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not notebook" tests
