@@ -55,6 +55,11 @@ EXERCISES: dict[str, Exercise] = {
         hint="Hash every training file with data.sha256sum, keep the validation images whose hash is "
              "not among them, then count the kept targets per class (np.bincount).",
     ),
+    "05.1": Exercise(
+        expected=25 * (694 + 200),
+        hint="Each of the 25 epochs runs every training image (694) and every validation image (200) "
+             "through the backbone once.",
+    ),
     "01.5": Exercise(
         expected=_imagenet_stats_backbones,
         hint="Loop over models.BACKBONES and compare each spec.preprocessing().mean with the ImageNet "

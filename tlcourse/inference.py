@@ -1,0 +1,265 @@
+"""Using a trained model: predictions for image files, test-time augmentation, and export bundles.
+
+A trained network is only usable with the exact input pipeline it was trained with (resize,
+crop, normalisation) and the names of its classes. A bare ``state_dict`` holds neither, so
+:func:`export_bundle` writes one file with all of it:
+
+- ``state_dict``: the weights (tensors only);
+- ``backbone`` and ``num_classes``: how to rebuild the architecture (a registry name of
+  :mod:`tlcourse.models`);
+- ``class_names``: output index -> name;
+- ``preprocessing``: resize, crop, mean, std and interpolation, stated explicitly (not "whatever
+  the backbone's default is"), so a reader of the file knows what the model expects;
+- ``tta``: the test-time augmentation the reported accuracy used (``"none"`` or ``"hflip"``).
+
+Everything is plain data (dicts, lists, strings, numbers, tensors), so :func:`load_bundle`
+reads it with ``torch.load(weights_only=True)``, which refuses to run pickled code.
+
+Run ``python -m tlcourse.inference BUNDLE IMAGE [IMAGE ...]`` to predict in a fresh process; it
+prints one JSON object per image (:func:`predict_in_subprocess` does this from Python).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from tlcourse.models import Preprocessing, build_backbone, get_spec
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "TTA_MODES",
+    "Bundle",
+    "Prediction",
+    "export_bundle",
+    "load_bundle",
+    "predict",
+    "predict_in_subprocess",
+    "predict_proba",
+    "tta_views",
+]
+
+#: Bumped when the bundle layout changes; :func:`load_bundle` refuses other versions.
+BUNDLE_FORMAT = 1
+
+#: Test-time augmentations :func:`predict_proba` knows.
+TTA_MODES = ("none", "hflip")
+
+
+# --------------------------------------------------------------------------------------------
+# Test-time augmentation
+# --------------------------------------------------------------------------------------------
+
+
+def tta_views(x: torch.Tensor, tta: str = "hflip") -> list[torch.Tensor]:
+    """The views of a batch ``(N, C, H, W)`` that test-time augmentation averages over.
+
+    ``"none"``: the batch itself. ``"hflip"``: the batch and its mirror image (flip along the
+    width). A flip is the cheapest label-preserving change for photos of objects: an alien
+    facing left is still an alien.
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"Unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
+    return [x] if tta == "none" else [x, x.flip(-1)]
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor, *, tta: str = "none", batch_size: int = 64) -> torch.Tensor:
+    """Class probabilities ``(N, classes)`` for a normalised batch, averaged over the TTA views.
+
+    Softmax probabilities (not logits) are averaged, so a very confident view cannot outvote the
+    other by the size of its logits alone. The model runs in eval mode under inference mode;
+    its previous mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                views = tta_views(x[i:i + batch_size], tta)
+                probs = torch.stack([model(v).float().softmax(dim=1) for v in views])
+                out.append(probs.mean(dim=0).cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        raise ValueError("No images to predict")
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Single images
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one image."""
+
+    label: str
+    index: int
+    confidence: float  # the probability of ``label``
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _load_image(image: str | os.PathLike[str] | Image.Image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        from tlcourse.data import to_rgb
+
+        return to_rgb(image)
+    from tlcourse.data import load_rgb
+
+    return load_rgb(image)  # decodes any mode (grey, palette, RGBA) to RGB and refuses broken files
+
+
+def predict(
+    model: nn.Module,
+    image: str | os.PathLike[str] | Image.Image,
+    *,
+    preprocessing: Preprocessing,
+    class_names: Sequence[str],
+    tta: str = "none",
+) -> Prediction:
+    """Predict the class of one image file (or PIL image) with ``model``.
+
+    The image goes through ``preprocessing.eval_transform()`` (resize, centre crop, normalise),
+    exactly as the validation images did.
+    """
+    x = preprocessing.eval_transform()(_load_image(image)).unsqueeze(0)
+    probs = predict_proba(model, x, tta=tta)[0]
+    if len(probs) != len(class_names):
+        raise ValueError(f"The model has {len(probs)} outputs but {len(class_names)} class names were given")
+    index = int(probs.argmax())
+    return Prediction(
+        label=str(class_names[index]),
+        index=index,
+        confidence=float(probs[index]),
+        probabilities={str(name): float(p) for name, p in zip(class_names, probs)},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Bundles
+# --------------------------------------------------------------------------------------------
+
+
+def _preprocessing_dict(pre: Preprocessing) -> dict[str, Any]:
+    return {"resize": int(pre.resize), "crop": int(pre.crop), "mean": [float(v) for v in pre.mean],
+            "std": [float(v) for v in pre.std], "interpolation": str(pre.interpolation)}
+
+
+def _preprocessing_from(d: Mapping[str, Any]) -> Preprocessing:
+    missing = {"resize", "crop", "mean", "std", "interpolation"} - set(d)
+    if missing:
+        raise ValueError(f"The bundle's preprocessing lacks {sorted(missing)}")
+    return Preprocessing(resize=int(d["resize"]), crop=int(d["crop"]), mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
+                         std=tuple(float(v) for v in d["std"]), interpolation=str(d["interpolation"]))  # type: ignore[arg-type]
+
+
+def export_bundle(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str],
+    preprocessing: Preprocessing,
+    tta: str = "none",
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (a registry backbone), its class names and preprocessing to one file.
+
+    ``meta`` holds extra plain values (accuracy, date, dataset) for the reader of the file.
+    The file is written to a temporary name and renamed, so it is never half written.
+    """
+    spec = get_spec(model)
+    if tta not in TTA_MODES:
+        raise ValueError(f"Unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
+    num_classes = int(model.get_submodule(spec.head).out_features)
+    if len(class_names) != num_classes:
+        raise ValueError(f"The model has {num_classes} outputs but {len(class_names)} class names were given")
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "backbone": spec.name,
+        "num_classes": num_classes,
+        "class_names": [str(c) for c in class_names],
+        "preprocessing": _preprocessing_dict(preprocessing),
+        "tta": tta,
+        "meta": json.loads(json.dumps(dict(meta or {}))),  # plain JSON values only: loadable with weights_only
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(bundle, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Bundle:
+    """A reloaded model with everything needed to use it on new images."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: Preprocessing
+    tta: str = "none"
+    backbone: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, image: str | os.PathLike[str] | Image.Image) -> Prediction:
+        """Predict one image file with the bundle's own preprocessing and TTA."""
+        return predict(self.model, image, preprocessing=self.preprocessing, class_names=self.class_names, tta=self.tta)
+
+
+def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Bundle:
+    """Rebuild the model of an :func:`export_bundle` file (no download: the weights are in it)."""
+    raw = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path} is not a tlcourse model bundle of format {BUNDLE_FORMAT} (found {found!r})")
+    model = build_backbone(raw["backbone"], num_classes=int(raw["num_classes"]), pretrained=False)
+    model.load_state_dict(raw["state_dict"])  # strict: every tensor must fit
+    model.to(device).eval()
+    return Bundle(model=model, class_names=list(raw["class_names"]), preprocessing=_preprocessing_from(raw["preprocessing"]),
+                  tta=str(raw.get("tta", "none")), backbone=str(raw["backbone"]), meta=dict(raw.get("meta", {})))
+
+
+def predict_in_subprocess(bundle_path: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]],
+                          *, timeout: float = 300.0) -> list[dict[str, Any]]:
+    """Load the bundle in a fresh Python process and predict ``images`` there.
+
+    Nothing of the current process (its model object, imported modules, random state) reaches
+    the child: this shows that the file alone is enough. Returns one
+    :meth:`Prediction.as_dict` per image, in order.
+    """
+    cmd = [sys.executable, "-m", "tlcourse.inference", str(bundle_path), *map(str, images)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"The prediction subprocess failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2:
+        print("usage: python -m tlcourse.inference BUNDLE IMAGE [IMAGE ...]", file=sys.stderr)
+        return 2
+    bundle = load_bundle(args[0])
+    for image in args[1:]:
+        print(json.dumps({"path": image, **bundle.predict(image).as_dict()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
