@@ -1,0 +1,393 @@
+"""The decision-matrix advisor: place a dataset on the size x similarity matrix and pick a strategy.
+
+- :func:`similarity_score` puts a dataset on the similarity axis with a number. A pretrained
+  network's BatchNorm layers store the mean and variance of their inputs over ImageNet (the
+  running statistics). Feeding a new dataset through the network and comparing its activation
+  statistics with those running statistics measures how far the dataset is from ImageNet, with no
+  ImageNet image at hand: a Fréchet (2-Wasserstein) distance between per-channel Gaussians,
+  averaged over all BatchNorm layers. The score maps that distance to (0, 1]: 1 is ImageNet itself.
+- :func:`recommend` turns images per class and a similarity into a :class:`Recommendation`.
+- :func:`advise_folder` does both for a learner's own ``folder/<class>/<image>`` dataset.
+- :func:`matrix_figure` draws the matrix with a quadrant highlighted; :func:`advisor_panel` wraps
+  it in ipywidgets sliders for the notebook.
+
+Why not the ImageNet head's confidence (mean max-softmax)? Measured on the course datasets it does
+not separate photos from scans: brain MRI scans come out *more* confidently "ImageNet-like" than
+CIFAR-10 photos (notebook 04 shows the numbers). A network can be confidently wrong out of domain.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset, Subset
+
+__all__ = [
+    "FolderAdvice",
+    "Recommendation",
+    "SimilarityScore",
+    "advise_folder",
+    "advisor_panel",
+    "matrix_figure",
+    "quadrant_of",
+    "recommend",
+    "similarity_score",
+]
+
+#: Fewer images per class than this counts as "small" (the usual rule of thumb).
+SIZE_BOUNDARY = 1000
+#: Scores at or above this count as "similar" to the pretraining data.
+SIMILARITY_BOUNDARY = 0.5
+#: The BatchNorm-statistics distance that maps to a score of 0.5. Calibrated on the course datasets
+#: with EfficientNet-Lite0 at 128 px (notebook 04): photos (Alien vs Predator, CIFAR-10) measured
+#: 0.11 and 0.19, grey scans (brain MRI, BreastMNIST, PneumoniaMNIST) 0.32 to 0.35; 0.25 lies
+#: between them. Another backbone or resolution needs its own calibration.
+DISTANCE_AT_HALF = 0.25
+#: The input size the score is calibrated at.
+SCORE_SIZE = 128
+
+ADVICE = {
+    "small_similar": ("probe_last",
+                      "Little data, familiar images: the pretrained top-layer features already describe "
+                      "them. Freeze the backbone and train a linear classifier on its last features; "
+                      "training more weights than that mostly overfits."),
+    "large_similar": ("full_ft",
+                      "Plenty of data, familiar images: there is enough data to adapt the network without "
+                      "overfitting. Fine-tune the top stages or the whole network from the pretrained "
+                      "weights, with a low learning rate on the pretrained layers."),
+    "small_dissimilar": ("probe_early",
+                         "Little data, unfamiliar images: the deepest features are specific to ImageNet's "
+                         "objects, and there is too little data to retrain them. Use a classifier on "
+                         "earlier-layer features, or a careful partial fine-tune with augmentation."),
+    "large_dissimilar": ("full_ft",
+                         "Plenty of data, unfamiliar images: retrain the whole network, but start from the "
+                         "pretrained weights (they converge faster than random ones), with a low learning "
+                         "rate on the pretrained layers."),
+}
+ALTERNATIVES = {
+    "small_similar": ("partial_ft",),
+    "large_similar": ("partial_ft",),
+    "small_dissimilar": ("partial_ft",),
+    "large_dissimilar": ("partial_ft",),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# recommend
+# --------------------------------------------------------------------------------------------
+
+
+def quadrant_of(n_per_class: float, similarity: float, *, size_boundary: float = SIZE_BOUNDARY,
+                similarity_boundary: float = SIMILARITY_BOUNDARY) -> str:
+    """``"small_similar"`` etc. ``n_per_class >= size_boundary`` is large; ``similarity >=
+    similarity_boundary`` is similar (both boundaries belong to the upper side)."""
+    if not (isinstance(n_per_class, (int, float, np.integer, np.floating)) and n_per_class > 0):
+        raise ValueError(f"n_per_class must be a positive number of images per class, got {n_per_class!r}")
+    if not (isinstance(similarity, (int, float, np.integer, np.floating)) and 0.0 <= similarity <= 1.0):
+        raise ValueError(f"similarity must lie in [0, 1] (see similarity_score), got {similarity!r}")
+    size = "large" if n_per_class >= size_boundary else "small"
+    sim = "similar" if similarity >= similarity_boundary else "dissimilar"
+    return f"{size}_{sim}"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What :func:`recommend` advises, and why."""
+
+    strategy: str  # one of tlcourse.decision_matrix.STRATEGIES
+    quadrant: str
+    explanation: str
+    n_per_class: float
+    similarity: float
+    alternatives: tuple[str, ...] = ()
+    measured_winner: str | None = None  # the strategy that won this quadrant in notebook 04's runs
+
+    def __str__(self) -> str:
+        from tlcourse.decision_matrix import STRATEGY_LABELS
+
+        lines = [f"{self.n_per_class:g} images/class, similarity {self.similarity:.2f} -> quadrant "
+                 f"{self.quadrant.replace('_', ' & ')}",
+                 f"recommended: {STRATEGY_LABELS.get(self.strategy, self.strategy)}",
+                 f"why: {self.explanation}"]
+        if self.alternatives:
+            lines.append("also worth a try: " + ", ".join(STRATEGY_LABELS.get(a, a) for a in self.alternatives))
+        if self.measured_winner is not None:
+            same = "the same" if self.measured_winner == self.strategy else "not the textbook's choice"
+            lines.append(f"measured in notebook 04: {STRATEGY_LABELS.get(self.measured_winner, self.measured_winner)} "
+                         f"won this quadrant ({same})")
+        return "\n".join(lines)
+
+
+def recommend(n_per_class: float, similarity: float, *, size_boundary: float = SIZE_BOUNDARY,
+              similarity_boundary: float = SIMILARITY_BOUNDARY,
+              measured: Mapping[str, str] | None = None) -> Recommendation:
+    """The textbook strategy for ``n_per_class`` images per class at ``similarity`` (0..1).
+
+    ``measured`` maps a quadrant to the strategy that won it in a measurement (for example
+    ``decision_matrix.winners(summary)``); the recommendation then also says what the data said.
+    The boundaries are rules of thumb, not laws: near them, try both neighbours' strategies.
+    """
+    quadrant = quadrant_of(n_per_class, similarity, size_boundary=size_boundary,
+                           similarity_boundary=similarity_boundary)
+    strategy, explanation = ADVICE[quadrant]
+    return Recommendation(strategy=strategy, quadrant=quadrant, explanation=explanation,
+                          n_per_class=float(n_per_class), similarity=float(similarity),
+                          alternatives=ALTERNATIVES[quadrant],
+                          measured_winner=(measured or {}).get(quadrant))
+
+
+# --------------------------------------------------------------------------------------------
+# similarity_score
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimilarityScore:
+    """How ImageNet-like a dataset looks to a pretrained backbone."""
+
+    score: float  # 2 ** (-distance / DISTANCE_AT_HALF), in (0, 1]
+    distance: float  # mean over BatchNorm layers of log(1 + normalised W2 distance)
+    n_images: int
+    per_layer: list[float] = field(default_factory=list, repr=False)
+    confidence: float = float("nan")  # mean max-softmax of the ImageNet head, for comparison
+
+
+def distance_to_score(distance: float, distance_at_half: float = DISTANCE_AT_HALF) -> float:
+    """Map a BatchNorm-statistics distance (>= 0) to a similarity in (0, 1]; 0.5 at ``distance_at_half``."""
+    return float(2.0 ** (-max(distance, 0.0) / distance_at_half))
+
+
+def _score_transform(model: nn.Module, size: int):
+    from tlcourse.models import get_spec
+
+    pre = get_spec(model).preprocessing()
+    return type(pre)(resize=size, crop=size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation).eval_transform()
+
+
+class _Mapped(Dataset):
+    def __init__(self, dataset: Dataset, make_transform: Callable[[], Callable[[Any], torch.Tensor]]) -> None:
+        self.dataset, self.make_transform = dataset, make_transform
+        self.transform: Callable[[Any], torch.Tensor] | None = None  # built at the first PIL image
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.dataset[i]
+        if isinstance(x, torch.Tensor):
+            return x, y
+        if self.transform is None:
+            self.transform = self.make_transform()
+        return self.transform(x), y
+
+
+def similarity_score(model: nn.Module | str, dataset: Dataset, *, max_images: int = 200, size: int = SCORE_SIZE,
+                     seed: int = 0, batch_size: int = 50, distance_at_half: float = DISTANCE_AT_HALF) -> SimilarityScore:
+    """Score ``dataset`` (items ``(PIL image or tensor, label)``) against the backbone's pretraining data.
+
+    At most ``max_images`` random images are used. PIL images get the backbone's normalisation at
+    ``size`` px (square resize, the size the default calibration used); tensors are used as given.
+    For each BatchNorm layer, the dataset's per-channel mean and standard deviation of the layer's
+    input are compared with the stored running statistics: ``((mu - mu_IN)^2 + (sd - sd_IN)^2) /
+    var_IN``, averaged over channels, then ``log1p`` and averaged over layers.
+    """
+    from tlcourse.models import build_backbone
+
+    if isinstance(model, str):
+        model = build_backbone(model)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("similarity_score needs at least one image")
+    if n > max_images:
+        order = np.random.default_rng(seed).permutation(n)[:max_images]
+        dataset = Subset(dataset, sorted(int(i) for i in order))
+    data = _Mapped(dataset, lambda: _score_transform(model, size))
+    bns = [(name, m) for name, m in model.named_modules()
+           if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    if not bns:
+        raise ValueError("similarity_score needs a backbone with BatchNorm running statistics")
+    sums: dict[str, list[torch.Tensor]] = {name: [] for name, _ in bns}
+
+    def hook(name: str):
+        def record(_m, args):
+            x = args[0].double()
+            dims = [0] + list(range(2, x.dim()))
+            count = x.numel() // x.shape[1]
+            sums[name].append(torch.stack([x.sum(dims), (x * x).sum(dims), torch.full_like(x.sum(dims), count)]))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in bns]
+    was_training = model.training
+    model.eval()
+    confidences = []
+    try:
+        with torch.inference_mode():
+            for x, _ in DataLoader(data, batch_size=batch_size):
+                out = model(x)
+                if out.dim() == 2 and out.shape[1] > 1:
+                    confidences.append(out.softmax(1).max(1).values)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    per_layer = []
+    for name, m in bns:
+        total = torch.stack(sums[name]).sum(0)
+        mean = total[0] / total[2]
+        var = (total[1] / total[2] - mean * mean).clamp_min(0)
+        rm, rv = m.running_mean.double(), m.running_var.double()
+        w2 = ((mean - rm) ** 2 + (var.sqrt() - rv.sqrt()) ** 2) / (rv + 1e-5)
+        per_layer.append(float(torch.log1p(w2.mean())))
+    distance = float(np.mean(per_layer))
+    conf = float(torch.cat(confidences).mean()) if confidences else float("nan")
+    return SimilarityScore(score=distance_to_score(distance, distance_at_half), distance=distance,
+                           n_images=len(data), per_layer=per_layer, confidence=conf)
+
+
+# --------------------------------------------------------------------------------------------
+# advise_folder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderAdvice:
+    """What :func:`advise_folder` found in a folder and what it recommends."""
+
+    recommendation: Recommendation
+    counts: dict[str, int]
+    n_per_class: int  # the smallest class: the one that limits what can be learned
+    similarity: float
+    skipped: int  # files that are not usable images
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{k}: {v}" for k, v in self.counts.items())
+        skipped = f" ({self.skipped} unusable files skipped)" if self.skipped else ""
+        return f"classes: {counts}{skipped}\n{self.recommendation}"
+
+
+def advise_folder(path: str | os.PathLike[str], *, model: nn.Module | str = "efficientnet_lite0",
+                  scorer: Callable[[Dataset], float] | None = None, max_images: int = 200, seed: int = 0,
+                  measured: Mapping[str, str] | None = None, **boundaries: float) -> FolderAdvice:
+    """Count the images per class in ``path/<class>/<image>``, score the similarity, recommend.
+
+    The size used is the **smallest** class's count: a classifier is only as good as its rarest
+    class. ``scorer(dataset) -> float in [0, 1]`` replaces :func:`similarity_score` (tests use a
+    fake; you might use another backbone's calibrated score). ``boundaries`` go to :func:`recommend`.
+    """
+    from tlcourse.data import load_image_folder
+
+    dataset = load_image_folder(path, warn=False)
+    counts = dataset.scan.counts()
+    used = {k: v for k, v in counts.items() if v > 0}
+    n_per_class = min(used.values())
+    if scorer is None:
+        similarity = similarity_score(model, dataset, max_images=max_images, seed=seed).score
+    else:
+        similarity = float(scorer(dataset))
+    rec = recommend(n_per_class, similarity, measured=measured, **boundaries)
+    return FolderAdvice(recommendation=rec, counts=counts, n_per_class=n_per_class, similarity=similarity,
+                        skipped=len(dataset.scan.bad))
+
+
+# --------------------------------------------------------------------------------------------
+# The matrix figure and the widget panel
+# --------------------------------------------------------------------------------------------
+
+_N_RANGE = (5, 20000)
+
+
+def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | None = None,
+                  datasets: Mapping[str, tuple[float, float]] | None = None,
+                  measured: Mapping[str, str] | None = None, size_boundary: float = SIZE_BOUNDARY,
+                  similarity_boundary: float = SIMILARITY_BOUNDARY) -> Figure:
+    """The decision matrix: images per class (log scale) x similarity, textbook advice per quadrant.
+
+    ``highlight`` outlines one quadrant; ``point`` = ``(n_per_class, similarity)`` marks a dataset
+    with a star; ``datasets`` marks several with labelled dots; ``measured`` adds each quadrant's
+    measured winner under the advice.
+    """
+    from tlcourse.decision_matrix import STRATEGY_LABELS
+
+    fig = Figure(figsize=(7.5, 5))
+    ax = fig.subplots()
+    lo, hi = _N_RANGE
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(0, 1)
+    boxes = {
+        "small_similar": (lo, similarity_boundary, size_boundary - lo, 1 - similarity_boundary),
+        "large_similar": (size_boundary, similarity_boundary, hi - size_boundary, 1 - similarity_boundary),
+        "small_dissimilar": (lo, 0, size_boundary - lo, similarity_boundary),
+        "large_dissimilar": (size_boundary, 0, hi - size_boundary, similarity_boundary),
+    }
+    for quadrant, (x, y, w, h) in boxes.items():
+        on = quadrant == highlight
+        ax.add_patch(Rectangle((x, y), w, h, facecolor="tab:orange" if on else "0.93", alpha=0.35 if on else 1,
+                               edgecolor="tab:red" if on else "white", lw=3 if on else 1, zorder=0))
+        cx = math.sqrt(x * (x + w))
+        text = f"{quadrant.replace('_', ' & ')}\ntextbook: {STRATEGY_LABELS[ADVICE[quadrant][0]]}"
+        if measured and quadrant in measured:
+            text += f"\nmeasured: {STRATEGY_LABELS.get(measured[quadrant], measured[quadrant])}"
+        ax.text(cx, y + h - 0.03, text, ha="center", va="top", fontsize=8,
+                fontweight="bold" if on else "normal")
+    for name, (n, s) in (datasets or {}).items():
+        ax.plot([n], [s], "o", color="tab:blue", ms=5)
+        ax.annotate(name, (n, s), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:blue")
+    if point is not None:
+        ax.plot([min(max(point[0], lo), hi)], [point[1]], "*", color="tab:red", ms=16, zorder=5)
+    ax.axvline(size_boundary, color="k", lw=1)
+    ax.axhline(similarity_boundary, color="k", lw=1)
+    ax.set_xlabel("training images per class (log scale)")
+    ax.set_ylabel("similarity to ImageNet (BatchNorm-statistics score)")
+    ax.set_title("The size x similarity decision matrix")
+    fig.tight_layout()
+    return fig
+
+
+def advisor_panel(datasets: Mapping[str, tuple[float, float]], *, measured: Mapping[str, str] | None = None,
+                  initial: tuple[float, float] = (100, 0.5)) -> Any:
+    """An ipywidgets panel: a log slider for images/class, a similarity slider and a dataset dropdown.
+
+    Choosing a dataset moves the sliders to its measured position; every change redraws the matrix
+    with the quadrant highlighted and prints the recommendation. Returns the ``VBox``; in front
+    ends without widgets, show :func:`recommend` and :func:`matrix_figure` statically as well.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    n_slider = widgets.FloatLogSlider(value=initial[0], base=10, min=math.log10(_N_RANGE[0]),
+                                      max=math.log10(_N_RANGE[1]), step=0.05, description="images/class",
+                                      readout_format=".0f", continuous_update=False)
+    s_slider = widgets.FloatSlider(value=initial[1], min=0.0, max=1.0, step=0.01, description="similarity",
+                                   continuous_update=False)
+    choice = widgets.Dropdown(options=["(your own)"] + list(datasets), value="(your own)", description="dataset")
+    out = widgets.Output()
+
+    def redraw(*_: Any) -> None:
+        rec = recommend(round(n_slider.value), s_slider.value, measured=measured)
+        out.clear_output(wait=True)
+        with out:
+            print(rec)
+            display(matrix_figure(rec.quadrant, point=(n_slider.value, s_slider.value), datasets=datasets,
+                                  measured=measured))
+
+    def pick(change: Mapping[str, Any]) -> None:
+        if change["new"] in datasets:
+            n, s = datasets[change["new"]]
+            n_slider.value, s_slider.value = n, s
+
+    choice.observe(pick, names="value")
+    n_slider.observe(redraw, names="value")
+    s_slider.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([choice, n_slider, s_slider]), out])
