@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, 
 from tqdm.auto import tqdm
 
 from tlcourse.paths import build_dir
+from tlcourse.train import save_checkpoint
 
 __all__ = [
     "FeatureSet",
@@ -441,27 +441,6 @@ def _load(path: Path, key: str) -> dict[str, Any] | None:
     return entry
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` into a unique temporary file next to ``path``, then ``os.replace``.
-
-    Readers see either the old file or the complete new one, never half a file. When two
-    processes fill the same key at once, each writes its own temporary file and the last
-    ``os.replace`` wins, with a complete file (both hold the same features anyway).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _resolve_model(model: nn.Module | str) -> nn.Module:
     if isinstance(model, str):
         from tlcourse.models import build_backbone
@@ -517,7 +496,8 @@ def cached_stage_features(
             meta = {"key": fs.key, "model": _model_name(model), "layer": name, "n": int(len(labels)),
                     "dim": int(feats[name].shape[1]), "extract_seconds": seconds,
                     "transforms": "|".join(_transforms_of(data)), "format": CACHE_FORMAT}
-            _save_atomic({"features": feats[name], "labels": labels, "meta": meta}, fs.path)
+            # atomic (temp file + os.replace): two processes filling one key both leave a complete file
+            save_checkpoint({"features": feats[name], "labels": labels, "meta": meta}, fs.path)
             result[name] = FeatureSet(feats[name], labels, name, fs.key, fs.path, False, seconds, meta)
     return result
 
