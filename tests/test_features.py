@@ -21,6 +21,7 @@ from torchvision import datasets, transforms
 from tlcourse import features as F
 from tlcourse import models
 from tlcourse.models import BackboneSpec
+from tlcourse.train import save_checkpoint
 
 TINY = BackboneSpec(
     name="tiny", family="test", arch="tiny", head="fc",
@@ -310,7 +311,7 @@ def test_atomic_save_under_concurrent_rewrites(tmp_path: Path):
     """Readers racing two writers always find a complete file holding one writer's tensor."""
     ctx = mp.get_context("spawn")
     path = tmp_path / "entry.pt"
-    F._save_atomic({"x": torch.zeros(100_000)}, path)
+    save_checkpoint({"x": torch.zeros(100_000)}, path)
     procs = [ctx.Process(target=_rewrite, args=(str(path), float(v), 6)) for v in (1, 2)]
     for p in procs:
         p.start()
@@ -327,7 +328,7 @@ def test_atomic_save_under_concurrent_rewrites(tmp_path: Path):
 
 def _rewrite(path: str, value: float, times: int) -> None:
     for _ in range(times):
-        F._save_atomic({"x": torch.full((100_000,), value)}, Path(path))
+        save_checkpoint({"x": torch.full((100_000,), value)}, Path(path))
 
 
 # --------------------------------------------------------------------------------------------
