@@ -21,16 +21,30 @@ PROFILE ?= default
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "[setup] $$(date -u +%H:%M:%S) installing the course into $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
+	@echo "[setup] $$(date -u +%H:%M:%S) done"
 
 course: $(STAMP)
 	$(BIN)/python -m tlcourse course --profile $(PROFILE)
 
+# The tests run in TEST_WORKERS pytest-xdist processes (a test file or a notebook at a time each),
+# with torch and the BLAS libraries on one thread per process. On a small CPU shared with other
+# jobs, two threads of one process spend their time waiting for each other (tlcourse.features
+# measured 80x slowdowns); single-threaded processes degrade gracefully. A test that runs longer
+# than TEST_TIMEOUT seconds fails with a traceback instead of hanging.
+TEST_WORKERS ?= 2
+TEST_TIMEOUT ?= 1800
+test: export OMP_NUM_THREADS := 1
+test: export MKL_NUM_THREADS := 1
+test: export OPENBLAS_NUM_THREADS := 1
 test: $(STAMP)
-	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest --nbval-lax --nbval-current-env --durations=15 tests notebooks
+	@echo "[test] $$(date -u +%H:%M:%S) start: $$(nproc) CPUs, load $$(cut -d' ' -f1-3 /proc/loadavg)"
+	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout=$(TEST_TIMEOUT) \
+		--nbval-lax --nbval-current-env --durations=15 tests notebooks
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not notebook" tests

@@ -26,6 +26,9 @@ from tlcourse.results import check_metrics, load_metrics, metrics_path
 from tlcourse.slides import exercises_start
 
 NOTEBOOKS = notebooks()
+#: A cell of a ci-profile run that takes longer than this fails, naming the cell, instead of
+#: hanging CI (the slowest ci cell takes about a minute on a quiet 2-core machine).
+CELL_TIMEOUT = 900
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -81,12 +84,17 @@ def test_committed_outputs_come_from_one_clean_run(path: Path):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs_in_ci_profile_and_meets_its_thresholds(path: Path, tmp_path: Path):
+def test_notebook_runs_in_ci_profile_and_meets_its_thresholds(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # A build folder of its own (metrics, feature caches, checkpoints), inherited by the kernel:
+    # only this run's results count, and nbval may run the same notebook at the same time in
+    # another pytest-xdist worker. Datasets in data/ are shared (their extraction is atomic).
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
     metrics_file = metrics_path(path.stem)
-    if metrics_file.exists():
-        metrics_file.unlink()  # only this run's results count
+    assert metrics_file.is_relative_to(tmp_path.resolve())
     executed = tmp_path / path.name
-    seconds = execute_notebook(path, executed, profile="ci", progress=False)
+    seconds = execute_notebook(path, executed, profile="ci", progress=False, cell_timeout=CELL_TIMEOUT)
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors

@@ -26,12 +26,20 @@ def notebooks(folder: Path | None = None) -> list[Path]:
 
 
 def execute_notebook(
-    path: Path, output: Path, *, profile: str = "default", kernel_name: str = "python3", progress: bool = True
+    path: Path,
+    output: Path,
+    *,
+    profile: str = "default",
+    kernel_name: str = "python3",
+    progress: bool = True,
+    cell_timeout: float | None = None,
 ) -> float:
     """Execute one notebook with papermill into ``output``; returns the wall time in seconds.
 
     The default profile injects nothing, so the executed notebook is exactly the lesson as a
     learner sees it; other profiles are injected as ``PROFILE = "<name>"`` after the parameters cell.
+    ``cell_timeout`` (seconds) turns a cell that never finishes into an error naming that cell,
+    instead of a run that hangs (CI uses it; ``None`` waits forever).
     """
     import papermill as pm
 
@@ -46,6 +54,7 @@ def execute_notebook(
             kernel_name=kernel_name,
             cwd=str(path.parent),
             progress_bar=progress,
+            execution_timeout=None if cell_timeout is None else int(cell_timeout),
         )
     finally:
         if env_profile is not None:
