@@ -211,7 +211,8 @@ def test_image_folder_loads_every_mode_as_rgb_and_skips_non_images(dataset_dirs,
     (root / "no" / "no 2.jpg").write_bytes(tiny_data.image_bytes("P", "PNG"))  # PNG named .jpg
     (root / "no" / "3").write_bytes(b"")  # an empty file without extension, as in the mirror
 
-    dataset = data.image_folder("brain-mri")
+    with pytest.warns(data.SkippedFilesWarning, match="skipped 1 of 5 entries"):
+        dataset = data.image_folder("brain-mri")
     assert dataset.classes == ["no", "yes"]
     assert len(dataset) == 4
     for image, _ in dataset:
@@ -378,7 +379,8 @@ def test_real_alien_vs_predator_has_694_200_images_and_two_leaks(tmp_path, monke
 def test_real_brain_mri_has_253_images_all_loadable_as_rgb(tmp_path, monkeypatch) -> None:
     real_mirror_file("brain-mri.zip")
     monkeypatch.setenv("TLCOURSE_DATA_DIR", str(tmp_path / "data"))
-    dataset = data.image_folder("brain-mri")
+    with pytest.warns(data.SkippedFilesWarning, match="skipped 49 of 302 entries"):
+        dataset = data.image_folder("brain-mri")
     assert Counter(data.targets_of(dataset)) == {0: 98, 1: 155}
     # The odd ones: palette, RGBA and grey files (checked on a few to keep the test fast).
     odd = [i for i, (p, _) in enumerate(dataset.samples) if p.lower().endswith((".png", ".jpeg"))]
