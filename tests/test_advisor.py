@@ -169,8 +169,14 @@ def test_the_widget_panel_follows_the_dropdown():
     pytest.importorskip("ipywidgets")
     panel = advisor.advisor_panel({"photos": (2000.0, 0.8)})
     choice, n_slider, s_slider = panel.children[0].children
+    out = panel.children[1]
+    assert "small & similar" in out.outputs[0]["text"]  # the default starting point: 100 images, 0.5
     choice.value = "photos"
     assert (round(n_slider.value), s_slider.value) == (2000, 0.8)
+    # The output is replaced, not appended to: the new recommendation and one figure.
+    assert [o["output_type"] for o in out.outputs] == ["stream", "display_data"]
+    assert "large & similar" in out.outputs[0]["text"]
+    assert "image/png" in out.outputs[1]["data"]
 
 
 # ---------------------------------------------------------------- the strategies themselves

@@ -18,6 +18,7 @@ CIFAR-10 photos (notebook 04 shows the numbers). A network can be confidently wr
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -363,7 +364,7 @@ def advisor_panel(datasets: Mapping[str, tuple[float, float]], *, measured: Mapp
     ends without widgets, show :func:`recommend` and :func:`matrix_figure` statically as well.
     """
     import ipywidgets as widgets
-    from IPython.display import display
+    from IPython.display import Image
 
     n_slider = widgets.FloatLogSlider(value=initial[0], base=10, min=math.log10(_N_RANGE[0]),
                                       max=math.log10(_N_RANGE[1]), step=0.05, description="images/class",
@@ -374,12 +375,18 @@ def advisor_panel(datasets: Mapping[str, tuple[float, float]], *, measured: Mapp
     out = widgets.Output()
 
     def redraw(*_: Any) -> None:
+        # The Output widget's contents are set directly (outputs = (), append_*), never through
+        # `with out:` / clear_output(wait=True). Those route the kernel's output messages into the
+        # widget by message id, and a headless client (papermill, nbval, nbconvert) can wait
+        # forever on such a cell: seen here once under load, and jupyter/nbclient#312.
         rec = recommend(round(n_slider.value), s_slider.value, measured=measured)
-        out.clear_output(wait=True)
-        with out:
-            print(rec)
-            display(matrix_figure(rec.quadrant, point=(n_slider.value, s_slider.value), datasets=datasets,
-                                  measured=measured))
+        fig = matrix_figure(rec.quadrant, point=(n_slider.value, s_slider.value), datasets=datasets,
+                            measured=measured)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", bbox_inches="tight")
+        out.outputs = ()
+        out.append_stdout(f"{rec}\n")
+        out.append_display_data(Image(data=png.getvalue(), format="png"))
 
     def pick(change: Mapping[str, Any]) -> None:
         if change["new"] in datasets:
