@@ -401,3 +401,18 @@ def test_seed_everything_repeats_random_draws():
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(3)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_test_loop_numbers_equal_a_plain_python_loop(loaders):
+    """The loops keep their sums on the device (no GPU sync per batch); the numbers must be
+    exactly those of the textbook loop with loss.item() * batch_size in Python floats."""
+    model = make_model()
+    stats = test_loop(model, loaders[1], nn.CrossEntropyLoss(), CPU, progress=False)
+    total, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in loaders[1]:
+            out = model(x.contiguous(memory_format=torch.channels_last) if train.CPU_CHANNELS_LAST else x)
+            total += nn.functional.cross_entropy(out, y).item() * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+    assert (stats.loss, stats.accuracy, stats.n) == (total / n, correct / n, n)

@@ -16,6 +16,13 @@ Two choices shape everything below:
 - **Checkpoints load with ``torch.load(..., weights_only=True)``.** Pickle can run arbitrary code,
   so a course that hands checkpoints around must not unpickle them. Everything saved is therefore
   tensors, numbers, strings, lists and dicts only.
+
+On a GPU, ``fit`` and the loops follow :func:`device_settings`: mixed precision, channels_last
+memory, pinned memory and asynchronous copies. Under ``torchrun`` with
+``DistributedDataParallel`` (see :mod:`tlcourse.distributed` and ``scripts/finetune_ddp.py``),
+``fit`` shards nothing itself but cooperates: it calls ``set_epoch`` on a ``DistributedSampler``,
+all-reduces the epoch's metrics over the ranks, shows progress and writes checkpoints on rank 0
+only, and waits for them before returning.
 """
 
 from __future__ import annotations
@@ -38,18 +45,25 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
-from torch.utils.data import ConcatDataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
+from tlcourse import distributed as _dist
+
 __all__ = [
+    "CPU_CHANNELS_LAST",
     "EpochStats",
     "History",
+    "TrainSettings",
     "amp_settings",
+    "device_settings",
+    "make_loader",
     "epoch_seed",
     "fit",
     "dataset_num_classes",
     "load_checkpoint",
     "model_info",
+    "prepare_model",
     "save_checkpoint",
     "seed_everything",
     "select_device",
@@ -139,13 +153,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """The seed ``fit`` uses for ``epoch`` (1-based) of a run started with ``seed``.
 
     A hash of the pair rather than ``seed + epoch``, so runs with neighbouring seeds do not
-    share epochs (seed 0 epoch 2 would otherwise equal seed 1 epoch 1).
+    share epochs (seed 0 epoch 2 would otherwise equal seed 1 epoch 1). In a distributed run
+    every ``rank`` other than 0 gets its own stream (its shard is augmented and dropped out
+    independently of the others); rank 0 gets the single-process seed.
     """
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    key = [seed, epoch] if rank == 0 else [seed, epoch, rank]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def amp_settings(device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -164,11 +181,172 @@ def amp_settings(device: torch.device) -> tuple[bool, torch.dtype | None]:
     return False, None
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    enabled, dtype = amp_settings(device)
-    if not enabled:
+#: Whether training on the CPU uses channels_last memory (NHWC) by default; chosen by measurement.
+#: See :func:`device_settings` for the numbers.
+CPU_CHANNELS_LAST = True
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How ``fit``, ``train_loop`` and ``test_loop`` run on one device (see :func:`device_settings`).
+
+    Attributes:
+        device: where the model and the batches go.
+        amp_dtype: the autocast dtype (``torch.bfloat16`` or ``torch.float16``), or ``None`` for
+            plain float32.
+        grad_scaler: scale the loss with a ``torch.amp.GradScaler`` (float16 only: its gradients
+            would otherwise underflow to zero).
+        channels_last: convert the model and every 4-D input batch to channels_last (NHWC) memory.
+        non_blocking: copy batches to the device asynchronously (useful with pinned memory), and
+            keep the running loss/accuracy on the device instead of synchronising every batch.
+        pin_memory: what DataLoaders built by :func:`make_loader` should use for ``pin_memory``.
+        batch_size: a starting batch size for training a course backbone at 224 px on this
+            device (per process in a distributed run); :func:`make_loader` uses it by default.
+        cudnn_benchmark: let cuDNN time its convolution algorithms for the input shapes once
+            (fast for fixed-size images; ``fit`` restores the previous setting when it returns).
+    """
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    grad_scaler: bool
+    channels_last: bool
+    non_blocking: bool
+    pin_memory: bool
+    batch_size: int
+    cudnn_benchmark: bool
+
+    @property
+    def amp(self) -> bool:
+        """Whether autocast (mixed precision) is on."""
+        return self.amp_dtype is not None
+
+
+def device_settings(
+    device: str | torch.device | None = None,
+    *,
+    channels_last: bool | None = None,
+    batch_size: int | None = None,
+) -> TrainSettings:
+    """The training settings for ``device`` (``None``/``"auto"``: see :func:`select_device`).
+
+    ============  =====================  =============  ==========================  ==========
+    device        mixed precision        channels_last  pin_memory / non_blocking   batch size
+    ============  =====================  =============  ==========================  ==========
+    CUDA          bf16 (Ampere+), else   yes            yes                         128
+                  fp16 + GradScaler
+    CPU           no (float32)           yes (below)    no                          32
+    MPS           no (float32)           no             no                          64
+    ============  =====================  =============  ==========================  ==========
+
+    **channels_last on the CPU** (``CPU_CHANNELS_LAST``) was measured, not assumed: training
+    steps (forward + backward + SGD) of ``build_backbone("efficientnet_lite0", 10)``, both memory
+    formats in the same process, timed alternately after a warm-up
+    (``python -m benchmarks.channels_last --sizes 32 64 --batch 32 --steps 2 --rounds 10``, and
+    ``--sizes 224 --batch 16 --steps 1 --rounds 6``; torch 2.14.1, 2 CPU cores; seconds per step,
+    median of the rounds; ratio = channels_last / contiguous, median and fastest round)::
+
+        size  batch  contiguous  channels_last  ratio (median, fastest)
+          32     32       0.986          0.447  0.45  0.31
+          64     32       3.485          1.985  0.57  0.57
+         224     16       8.031          3.385  0.42  0.53
+
+    The machine was shared and single rounds varied up to 5x; earlier, shorter runs gave ratios
+    of 0.50 and 1.25 at 32 px, 0.65 and 0.68 at 64 px, 0.60 at 224 px. channels_last won every
+    comparison but one, by 1.5-2x, so it is the CPU default too. On CUDA it is what tensor cores
+    want under autocast. MPS gains little from it and has had bugs with it, so it stays off there.
+    Results on the CPU stay reproducible run to run (and across a resume) with either format.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, a ``torch.device``, or ``None``.
+        channels_last: override the default memory format choice.
+        batch_size: override the recommended batch size.
+    """
+    device = device if isinstance(device, torch.device) else select_device(device)
+    amp_enabled, amp_dtype = amp_settings(device)
+    cuda = device.type == "cuda"
+    if channels_last is None:
+        channels_last = cuda or (device.type == "cpu" and CPU_CHANNELS_LAST)
+    default_batch = {"cuda": 128, "mps": 64}.get(device.type, 32)
+    return TrainSettings(
+        device=device,
+        amp_dtype=amp_dtype if amp_enabled else None,
+        grad_scaler=amp_enabled and amp_dtype == torch.float16,
+        channels_last=bool(channels_last),
+        non_blocking=cuda,
+        pin_memory=cuda,
+        batch_size=int(batch_size or default_batch),
+        cudnn_benchmark=cuda,
+    )
+
+
+def make_loader(
+    dataset: Dataset,
+    settings: TrainSettings,
+    *,
+    batch_size: int | None = None,
+    shuffle: bool = False,
+    sampler: Sampler[int] | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+    **kwargs: Any,
+) -> DataLoader:
+    """A ``DataLoader`` for ``dataset`` that follows ``settings``: pinned memory on CUDA (so the
+    copies can be asynchronous), the settings' batch size unless ``batch_size`` is given, and
+    ``persistent_workers`` off (so ``fit``'s per-epoch re-seeding reaches the workers).
+
+    Pass a ``generator`` with ``shuffle=True`` to give the loader its own shuffle stream (``fit``
+    re-seeds it every epoch), or a ``sampler`` such as a ``DistributedSampler`` (then no
+    ``shuffle``; :func:`tlcourse.distributed.train_loader` builds that case). Other keyword
+    arguments go to ``DataLoader``.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or settings.batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=settings.pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        **kwargs,
+    )
+
+
+def _settings_for(device: torch.device, settings: TrainSettings | None) -> TrainSettings:
+    if settings is None:
+        return device_settings(device)
+    if settings.device != device:
+        raise ValueError(f"settings are for {settings.device}, but device is {device}.")
+    return settings
+
+
+def _autocast(settings: TrainSettings) -> contextlib.AbstractContextManager[Any]:
+    if settings.amp_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=settings.device.type, dtype=settings.amp_dtype)
+
+
+def prepare_model(model: nn.Module, settings: TrainSettings) -> nn.Module:
+    """Move ``model`` to the settings' device, in channels_last memory when they say so.
+
+    In place (the same parameter objects, so an optimizer built before still holds them);
+    returns ``model``. A ``DistributedDataParallel`` wrapper must be prepared *before* wrapping
+    (:func:`tlcourse.distributed.wrap` does it): here it is only checked.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        wrong = [n for n, p in model.module.named_parameters() if p.device != settings.device]
+        if wrong:
+            raise ValueError(
+                f"The DistributedDataParallel model has parameters on another device than "
+                f"{settings.device} (e.g. {wrong[0]}): move the model (tlcourse.train.prepare_model) "
+                "before wrapping it, or use tlcourse.distributed.wrap."
+            )
+        return model
+    model.to(settings.device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,15 +426,52 @@ def _check_num_classes(
         )
 
 
-def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> int:
+def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The number of right top-1 predictions, as a tensor on the outputs' device (no sync)."""
     if targets.ndim == outputs.ndim:  # soft targets: compare with their most likely class
         targets = targets.argmax(dim=1)
-    return int((outputs.argmax(dim=1) == targets).sum())
+    return (outputs.argmax(dim=1) == targets).sum()
 
 
-def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # non_blocking lets the copy overlap with compute when the loader uses pinned memory.
-    return batch.to(device, non_blocking=device.type == "cuda")
+def _to_device(batch: Any, settings: TrainSettings) -> Any:
+    """A batch on the device: asynchronous from pinned memory on CUDA, and 4-D image batches in
+    channels_last memory when the settings say so (a no-op when it is already there)."""
+    if not isinstance(batch, torch.Tensor):
+        return batch
+    if settings.channels_last and batch.dim() == 4:
+        return batch.to(settings.device, non_blocking=settings.non_blocking,
+                        memory_format=torch.channels_last)
+    return batch.to(settings.device, non_blocking=settings.non_blocking)
+
+
+class _Running:
+    """Sum of loss x batch size, correct predictions and samples, kept on the device.
+
+    ``loss.item()`` every batch would make the CPU wait for the GPU each step; these sums are
+    read once per epoch (and for the progress bar: every batch on the CPU, where reading is
+    free, every ``sync_every`` batches on a GPU). Float64 sums of the float32 batch losses give
+    exactly the numbers the per-batch ``loss.item() * batch_size`` in Python used to.
+    """
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=settings.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=settings.device)
+        self.n = 0
+        self.sync_every = 25 if settings.non_blocking else 1
+
+    def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        batch_size = targets.shape[0]
+        self.loss += loss.detach().double() * batch_size
+        self.correct += _count_correct(outputs.detach(), targets)
+        self.n += batch_size
+
+    def show(self, bar: Any, step: int, progress: bool) -> None:
+        if progress and step % self.sync_every == 0:
+            bar.set_postfix(loss=f"{float(self.loss) / self.n:.4f}")
+
+    def stats(self, start: float) -> EpochStats:
+        return EpochStats(loss=float(self.loss) / self.n, accuracy=int(self.correct) / self.n,
+                          n=self.n, seconds=time.perf_counter() - start)
 
 
 def train_loop(
@@ -271,6 +486,7 @@ def train_loop(
     progress: bool = True,
     desc: str = "train",
     num_classes: int | None = None,
+    settings: TrainSettings | None = None,
 ) -> EpochStats:
     """One epoch of training: forward, loss, backward, optimizer step for every batch.
 
@@ -292,23 +508,26 @@ def train_loop(
         desc: the progress bar's label.
         num_classes: the dataset's number of classes, when known: the model's output count
             must equal it (``fit`` passes it from the dataset's ``.classes``).
+        settings: how batches are moved and computed (autocast, channels_last, non_blocking);
+            default ``device_settings(device)``. The model itself is not converted here:
+            ``fit`` does that (:func:`prepare_model`).
 
     Raises:
         ValueError: the loader is empty, or a label does not fit the model's head.
     """
+    settings = _settings_for(device, settings)
     set_train_mode(model)
-    amp_enabled, amp_dtype = amp_settings(device)
-    if scaler is None and amp_enabled and amp_dtype == torch.float16:
+    if scaler is None and settings.grad_scaler:
         scaler = torch.amp.GradScaler(device.type)
 
-    total_loss, correct, n = 0.0, 0, 0
+    running = _Running(settings)
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
-    for inputs, targets in bar:
-        inputs, targets = _to_device(inputs, device), _to_device(targets, device)
-        with _autocast(device):
+    for step, (inputs, host_targets) in enumerate(bar):
+        inputs, targets = _to_device(inputs, settings), _to_device(host_targets, settings)
+        with _autocast(settings):
             outputs = model(inputs)
-            _check_num_classes(outputs, targets, num_classes)
+            _check_num_classes(outputs, host_targets, num_classes)  # host copy: no GPU sync
             loss = loss_fn(outputs, targets)
 
         optimizer.zero_grad(set_to_none=True)
@@ -321,16 +540,12 @@ def train_loop(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        running.add(loss, outputs, targets)
+        running.show(bar, step, progress)
 
-        batch_size = targets.shape[0]
-        total_loss += loss.item() * batch_size
-        correct += _count_correct(outputs, targets)
-        n += batch_size
-        bar.set_postfix(loss=f"{total_loss / n:.4f}")
-
-    if n == 0:
+    if running.n == 0:
         raise ValueError("The training loader yielded no samples (is drop_last=True with a tiny dataset?).")
-    return EpochStats(loss=total_loss / n, accuracy=correct / n, n=n, seconds=time.perf_counter() - start)
+    return running.stats(start)
 
 
 def test_loop(
@@ -342,35 +557,35 @@ def test_loop(
     progress: bool = True,
     desc: str = "eval",
     num_classes: int | None = None,
+    settings: TrainSettings | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` in eval mode without gradients: mean loss and accuracy.
 
     Leaves the model in eval mode (BatchNorm uses running statistics, dropout is off).
     ``torch.inference_mode`` skips autograd bookkeeping entirely, so evaluation is faster and
-    lighter than with ``torch.no_grad``.
+    lighter than with ``torch.no_grad``. ``settings`` as in :func:`train_loop`. In a
+    distributed run this measures the local shard only; ``fit`` sums the ranks' counts.
 
     Raises:
         ValueError: the loader is empty, or a label does not fit the model's head.
     """
+    settings = _settings_for(device, settings)
     model.eval()
-    total_loss, correct, n = 0.0, 0, 0
+    running = _Running(settings)
     start = time.perf_counter()
     with torch.inference_mode():
         bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
-        for inputs, targets in bar:
-            inputs, targets = _to_device(inputs, device), _to_device(targets, device)
-            with _autocast(device):
+        for step, (inputs, host_targets) in enumerate(bar):
+            inputs, targets = _to_device(inputs, settings), _to_device(host_targets, settings)
+            with _autocast(settings):
                 outputs = model(inputs)
-                _check_num_classes(outputs, targets, num_classes)
+                _check_num_classes(outputs, host_targets, num_classes)
                 loss = loss_fn(outputs, targets)
-            batch_size = targets.shape[0]
-            total_loss += loss.item() * batch_size
-            correct += _count_correct(outputs, targets)
-            n += batch_size
-            bar.set_postfix(loss=f"{total_loss / n:.4f}")
-    if n == 0:
+            running.add(loss, outputs, targets)
+            running.show(bar, step, progress)
+    if running.n == 0:
         raise ValueError("The evaluation loader yielded no samples.")
-    return EpochStats(loss=total_loss / n, accuracy=correct / n, n=n, seconds=time.perf_counter() - start)
+    return running.stats(start)
 
 
 # The name follows the PyTorch tutorials; this stops pytest collecting it as a test when a test
@@ -638,7 +853,7 @@ def _warn_untrained_params(model: nn.Module, optimizer: torch.optim.Optimizer) -
             "and will not be updated. Build the optimizer over all the parameters you will "
             "unfreeze (frozen ones are skipped because their grad stays None), or let fit build it.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -660,6 +875,7 @@ def fit(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
+    settings: TrainSettings | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs, validating after each, and return the ``History``.
 
@@ -679,7 +895,8 @@ def fit(
             loss); ``"batch"`` steps it after each batch (``OneCycleLR`` with
             ``total_steps=epochs * len(train_loader)``).
         device: ``None`` picks cuda > mps > cpu (see :func:`select_device`). On CUDA, training
-            uses autocast (bf16, or fp16 with a GradScaler; see :func:`amp_settings`).
+            uses autocast (bf16, or fp16 with a GradScaler), channels_last memory and
+            asynchronous copies; see :func:`device_settings`.
         seed: seeds everything at the start, and each epoch is re-seeded with
             ``epoch_seed(seed, epoch)`` so that shuffling, augmentation and dropout of an epoch
             do not depend on whether the run was resumed. The model's initial weights are
@@ -698,6 +915,24 @@ def fit(
             history entry (a copy). It may change the model, e.g. unfreeze a block for gradual
             unfreezing; it runs before ``last.pt`` is written, so a resume sees its changes
             (which parameters are trainable is saved and restored).
+        settings: override :func:`device_settings` (e.g. ``device_settings("cpu",
+            channels_last=False)``); its device wins over ``device``.
+
+    Distributed (``torchrun`` + ``DistributedDataParallel``, see :mod:`tlcourse.distributed`):
+    pass the DDP-wrapped model (prepared with :func:`prepare_model` before wrapping) and a train
+    loader with a ``DistributedSampler``; every rank calls ``fit`` with the same arguments. Then
+    ``fit`` calls ``sampler.set_epoch(epoch)`` every epoch; re-seeds each rank with its own
+    :func:`epoch_seed`; copies rank 0's BatchNorm statistics to the other ranks after each
+    training epoch (so every rank validates, and ends with, the weights rank 0 saves); sums
+    loss x n, correct and n over the ranks (all-reduce), so the history holds the metrics of the
+    whole training set and the whole validation set: exact when each rank validates its own
+    disjoint shard (``tlcourse.distributed.eval_loader``, no padding), and still exact (with n
+    counted once per rank) when every rank validates the full set. Only rank 0 shows progress
+    and writes ``best.pt``/``last.pt`` (of the unwrapped model, so they load without DDP); every
+    rank reads ``last.pt`` to resume (the folder must be shared) and they check that they agree;
+    a barrier at the end makes the files complete on disk when ``fit`` returns on any rank.
+    DDP fixes the set of trainable parameters when it wraps the model, so unfreezing layers in
+    ``on_epoch_end`` is not supported under DDP (gradual unfreezing stays a one-device recipe).
 
     Returns:
         The ``History``. The model is left on ``device``, in eval mode, with the **last**
@@ -713,8 +948,89 @@ def fit(
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, not {epochs}.")
     seed_everything(seed)
-    device = device if isinstance(device, torch.device) else select_device(device)
-    model.to(device)
+    if settings is None:
+        device = device if isinstance(device, torch.device) else select_device(device)
+        settings = device_settings(device)
+    device = settings.device
+    prepare_model(model, settings)
+    core = _dist.unwrap(model)  # what checkpoints hold: loads without DDP
+    rank, world = _dist.rank(), _dist.world_size()
+    progress = progress and rank == 0
+    cudnn_before = torch.backends.cudnn.benchmark
+    if settings.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    try:
+        return _fit_epochs(
+            model, core, train_loader, val_loader, epochs=epochs, optimizer=optimizer, lr=lr,
+            loss_fn=loss_fn, scheduler=scheduler, scheduler_step=scheduler_step, settings=settings,
+            seed=seed, checkpoint_dir=checkpoint_dir, resume=resume, meta=meta, progress=progress,
+            on_epoch_end=on_epoch_end, rank=rank, world=world,
+        )
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_before
+
+
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch`` on the loader's sampler (a ``DistributedSampler`` reshuffles with it)."""
+    seen = set()
+    for sampler in (getattr(loader, "sampler", None),
+                    getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if sampler is not None and id(sampler) not in seen and callable(getattr(sampler, "set_epoch", None)):
+            seen.add(id(sampler))
+            sampler.set_epoch(epoch)
+
+
+def _global_stats(stats: EpochStats, world: int, settings: TrainSettings) -> EpochStats:
+    """``stats`` summed over the ranks (the slowest rank's time); itself when not distributed."""
+    if world == 1:
+        return stats
+    loss_sum, correct, n, seconds = _dist.all_reduce(
+        [stats.loss * stats.n, round(stats.accuracy * stats.n), stats.n], device=settings.device
+    ) + _dist.all_reduce([stats.seconds], op="max", device=settings.device)
+    n_total = int(round(n))
+    return EpochStats(loss=loss_sum / n_total, accuracy=round(correct) / n_total, n=n_total, seconds=seconds)
+
+
+def _warn_if_val_not_covered(val_loader: Any, n: int, world: int) -> None:
+    try:
+        size = len(val_loader.dataset)
+    except (AttributeError, TypeError):
+        return
+    if n not in (size, world * size):
+        warnings.warn(
+            f"The ranks validated {n} samples in all, but the validation set has {size}: a "
+            "DistributedSampler pads (or drops) samples so that every rank gets the same number, "
+            "which biases the metrics. Use tlcourse.distributed.eval_loader (disjoint shards, "
+            "no padding) or give every rank the full validation set.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _fit_epochs(
+    model: nn.Module,
+    core: nn.Module,
+    train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer | None,
+    lr: float,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    scheduler: LRScheduler | None,
+    scheduler_step: str,
+    settings: TrainSettings,
+    seed: int,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    resume: bool,
+    meta: dict[str, Any] | None,
+    progress: bool,
+    on_epoch_end: EpochCallback | None,
+    rank: int,
+    world: int,
+) -> History:
+    device = settings.device
+    main = rank == 0
 
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -722,44 +1038,60 @@ def fit(
         _warn_untrained_params(model, optimizer)
     _check_scheduler(scheduler, optimizer, scheduler_step)
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-    amp_enabled, amp_dtype = amp_settings(device)
-    scaler = torch.amp.GradScaler(device.type) if amp_enabled and amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type) if settings.grad_scaler else None
 
     num_classes = dataset_num_classes(train_loader)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt_dir is not None:
+    if ckpt_dir is not None and main:
         _remove_partial_checkpoints(ckpt_dir)
     history = History()
     start_epoch = 1
     if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
-        start_epoch = _resume(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, seed, history)
+        start_epoch = _resume(ckpt_dir / "last.pt", core, optimizer, scheduler, scaler, seed, history)
         # Say so: a learner who re-runs a cell must not mistake a resumed run for a fresh one.
         done = start_epoch - 1
         left = "nothing left to train" if done >= epochs else f"continuing with epoch {start_epoch}"
-        print(f"[fit] resumed from {ckpt_dir / 'last.pt'}: {done} epoch(s) already done, {left} "
-              f"(pass resume=False or another checkpoint_dir to start over)")
+        if main:
+            print(f"[fit] resumed from {ckpt_dir / 'last.pt'}: {done} epoch(s) already done, {left} "
+                  f"(pass resume=False or another checkpoint_dir to start over)")
+    if world > 1:
+        lowest, highest = _dist.all_reduce([start_epoch], op="min", device=device) + _dist.all_reduce(
+            [start_epoch], op="max", device=device)
+        if lowest != highest:
+            raise ValueError(
+                f"The ranks disagree on where to resume (epochs {int(lowest)} to {int(highest)}): "
+                "checkpoint_dir must be a folder every rank sees (a shared file system), or pass "
+                "resume=False."
+            )
     best_val_acc = history.best_val_acc if history.best_val_acc is not None else -1.0
 
     for epoch in range(start_epoch, epochs + 1):
         # Re-seed from (seed, epoch): the DataLoader draws its shuffle order and worker seeds from
         # the global torch RNG when its iterator is created, so this pins epoch `epoch` to the
         # same batches and augmentations whether or not earlier epochs ran in this process.
-        seed_everything(epoch_seed(seed, epoch))
+        seed_everything(epoch_seed(seed, epoch, rank))
         generator = getattr(train_loader, "generator", None)
         if isinstance(generator, torch.Generator):
-            generator.manual_seed(epoch_seed(seed, epoch))
+            generator.manual_seed(epoch_seed(seed, epoch, rank))
+        _set_sampler_epoch(train_loader, epoch)  # DistributedSampler: this epoch's shuffle
+        _set_sampler_epoch(val_loader, epoch)
 
         lr_now = float(optimizer.param_groups[0]["lr"])
         train = train_loop(
             model, train_loader, loss_fn, optimizer, device,
             scheduler=scheduler if scheduler_step == "batch" else None,
             scaler=scaler, progress=progress, desc=f"epoch {epoch}/{epochs} train",
-            num_classes=num_classes,
+            num_classes=num_classes, settings=settings,
         )
+        if world > 1:
+            _dist.broadcast_buffers(core)  # BatchNorm statistics: rank 0's, as in the checkpoint
         val = test_loop(
             model, val_loader, loss_fn, device, progress=progress,
-            desc=f"epoch {epoch}/{epochs} val", num_classes=num_classes,
+            desc=f"epoch {epoch}/{epochs} val", num_classes=num_classes, settings=settings,
         )
+        train, val = _global_stats(train, world, settings), _global_stats(val, world, settings)
+        if world > 1 and epoch == start_epoch:
+            _warn_if_val_not_covered(val_loader, val.n, world)
         if scheduler is not None and scheduler_step == "epoch":
             if isinstance(scheduler, ReduceLROnPlateau):
                 scheduler.step(val.loss)
@@ -782,15 +1114,15 @@ def fit(
                 f"val loss {val.loss:.4f} acc {val.accuracy:.3f}  ({stats['seconds']:.1f}s)"
             )
 
-        if ckpt_dir is not None and val.accuracy > best_val_acc:
+        if ckpt_dir is not None and main and val.accuracy > best_val_acc:
             save_checkpoint(
                 {
                     "format": CHECKPOINT_FORMAT,
-                    "model": model.state_dict(),
+                    "model": core.state_dict(),
                     "epoch": epoch,
                     "val_acc": val.accuracy,
                     "meta": dict(meta or {}),
-                    "model_info": model_info(model),
+                    "model_info": model_info(core),
                 },
                 ckpt_dir / "best.pt",
             )
@@ -800,23 +1132,25 @@ def fit(
             on_epoch_end(epoch, dict(stats), model)
             _warn_untrained_params(model, optimizer)
 
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and main:
             save_checkpoint(
                 {
                     "format": CHECKPOINT_FORMAT,
-                    "model": model.state_dict(),
+                    "model": core.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "epoch": epoch,
                     "history": [dict(e) for e in history.epochs],
                     "seed": seed,
-                    "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
+                    "trainable": [n for n, p in core.named_parameters() if p.requires_grad],
                     "meta": dict(meta or {}),
-                    "model_info": model_info(model),
+                    "model_info": model_info(core),
                 },
                 ckpt_dir / "last.pt",
             )
+    if world > 1:
+        _dist.barrier()  # rank 0's checkpoints are on disk before fit returns anywhere
     model.eval()
     return history
 
