@@ -145,7 +145,7 @@ def test_unknown_stage_is_an_error(folder: Path):
 
 def test_inference_settings_per_device():
     cpu = F.inference_settings("cpu")
-    assert cpu.autocast_dtype is None and not cpu.non_blocking and not cpu.pin_memory and cpu.batch_size == 64
+    assert cpu.autocast_dtype is None and not cpu.non_blocking and not cpu.pin_memory and cpu.batch_size == 16
     gpu = F.inference_settings("cuda")
     assert gpu.autocast_dtype == torch.bfloat16 and gpu.non_blocking and gpu.pin_memory and gpu.batch_size == 256
     assert F.inference_settings("cpu", batch_size=8).batch_size == 8

@@ -1,0 +1,16 @@
+"""The course's benchmark suite: ``python -m benchmarks`` (see ``__main__``).
+
+Sections, each writing ``build/benchmarks/<section>.json`` and ``.md``:
+
+- ``extraction``: feature-extraction throughput of the default backbone end to end from JPEG,
+  naive loop vs the course's path, with an ablation (:mod:`benchmarks.extraction`);
+- ``frozen_recipe``: the classic 25-epoch frozen-backbone recipe, naive vs cached features
+  (:mod:`benchmarks.frozen_recipe`);
+- ``loaders``: JPEG decode + transform throughput by DataLoader workers (:mod:`benchmarks.loaders`);
+- ``notebooks``: wall time and peak memory of each notebook and the whole course
+  (:mod:`benchmarks.notebooks`).
+
+``build/benchmarks/summary.md`` concatenates the sections of the last run.
+"""
+
+SECTIONS = ("extraction", "frozen_recipe", "loaders", "notebooks")

@@ -1,0 +1,185 @@
+"""benchmarks/: table writers, ratios, peak-memory measurement, naive vs course extraction, CLI.
+
+Everything runs on generated data (a tiny JPEG folder in tmp_path, a tiny registered backbone).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from benchmarks import SECTIONS, __main__ as cli, extraction
+from benchmarks.common import Section, md_table, ratio, run_measured, write_section
+from tlcourse import features, finetune, models
+from tlcourse.models import BackboneSpec
+
+TINY = BackboneSpec(name="tiny-bench", family="test", arch="tiny", head="fc",
+                    stages=(("stem", ("stem",)),), feature_dim=8, description="a test backbone")
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 2)
+        self.tlcourse_backbone = "tiny-bench"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.stem(x)))
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> Tiny:
+    monkeypatch.setitem(models.BACKBONES, "tiny-bench", TINY)
+    model = Tiny()
+    with torch.no_grad():
+        model.stem[1].running_mean.uniform_(-0.5, 0.5)
+    return model
+
+
+@pytest.fixture
+def jpegs(tmp_path: Path) -> Path:
+    """Two classes of six random JPEGs of different sizes."""
+    rng = np.random.default_rng(0)
+    for c in ("alien", "predator"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            h, w = 20 + 3 * i, 28 - 2 * i
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.jpg")
+    return tmp_path
+
+
+def test_ratio() -> None:
+    assert ratio(10.0, 2.0) == 5.0
+    assert ratio(1.0, 4.0) == 0.25
+    with pytest.raises(ValueError):
+        ratio(1.0, 0.0)
+
+
+def test_md_table_aligns_numbers_and_escapes() -> None:
+    table = md_table([{"step": "a|b", "img_per_s": 12.345, "ok": True}, {"step": "c", "img_per_s": 1234.5, "ok": False}])
+    lines = table.strip().splitlines()
+    assert lines[0] == "| step | img_per_s | ok |"
+    assert lines[1] == "|---|---:|---|"
+    assert lines[2] == "| a\\|b | 12.3 | yes |"
+    assert lines[3] == "| c | 1234 | no |"
+    assert md_table([]) == "(no rows)\n"
+
+
+def test_write_section(tmp_path: Path) -> None:
+    md = write_section(Section("demo", {"x": 1.5, "path": tmp_path}, "# Demo\n"), tmp_path)
+    assert md.read_text() == "# Demo\n"
+    assert json.loads((tmp_path / "demo.json").read_text()) == {"x": 1.5, "path": str(tmp_path)}
+
+
+def test_run_measured_sees_a_200_mb_child() -> None:
+    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5); print('ok')"
+    m = run_measured([sys.executable, "-c", code], poll_s=0.05)
+    assert m.returncode == 0 and m.output.strip() == "ok"
+    assert m.maxrss_mb >= 200
+    assert m.tree_peak_mb >= 200
+    small = run_measured([sys.executable, "-c", "pass"])
+    assert small.maxrss_mb < 150  # the measurement is of the child, not of this test process
+    failed = run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+    assert failed.returncode == 3 and not failed.timed_out
+
+
+def test_naive_and_course_extraction_agree(tiny: Tiny, jpegs: Path) -> None:
+    tf = transforms.Compose([transforms.Resize(18), transforms.CenterCrop(16), transforms.ToTensor(),
+                             transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    ds = datasets.ImageFolder(str(jpegs), transform=tf)
+    body = extraction.headless(tiny)
+    assert isinstance(body.fc, nn.Identity) and isinstance(tiny.fc, nn.Linear)  # a copy
+    naive, y1 = extraction.naive_features(body, DataLoader(ds, batch_size=5))
+    cl, _ = extraction.naive_features(body, DataLoader(ds, batch_size=5), channels_last=True, inference_mode=True)
+    fast, y2 = features.extract_features(tiny, ds, batch_size=4, progress=False)
+    assert naive.shape == (12, 8)
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cl, naive, atol=1e-5, rtol=1e-4)
+    assert torch.equal(y1, y2)
+    # decoding once into uint8 crops gives the same features at the crop size
+    u8, labels = extraction.decode_once(datasets.ImageFolder(str(jpegs), transform=transforms.Compose(
+        [transforms.Resize(18), transforms.CenterCrop(16)])))
+    cached, _ = features.extract_features(tiny, finetune.TensorImages(u8, labels, size=16, mean=(0.5,) * 3,
+                                                                       std=(0.5,) * 3), progress=False)
+    torch.testing.assert_close(cached, naive, atol=1e-5, rtol=1e-4)
+
+
+def test_extraction_thread_choice_restores_and_matches(tiny: Tiny, jpegs: Path) -> None:
+    ds = datasets.ImageFolder(str(jpegs), transform=transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]))
+    before = torch.get_num_threads()
+    auto, _ = features.extract_features(tiny, ds, batch_size=2, progress=False)
+    assert torch.get_num_threads() == before
+    assert features.LAST_EXTRACTION["threads"] in {1, before}
+    if before > 1:
+        assert set(features.LAST_EXTRACTION["rates"]) == {1, before}
+    one, _ = features.extract_features(tiny, ds, batch_size=2, threads=1, progress=False)
+    assert features.LAST_EXTRACTION == {"threads": 1, "rates": {}}
+    torch.testing.assert_close(auto, one)
+
+
+def test_thread_chooser_keeps_the_faster() -> None:
+    chooser = features._ThreadChooser(None)
+    chooser.previous, chooser.trials = 4, [4, 1]
+    chooser.rates = {4: 10.0, 1: 25.0}
+    assert chooser.best() == 1
+    chooser.rates = {4: 30.0, 1: 25.0}
+    assert chooser.best() == 4
+    assert features._ThreadChooser(3).best() == 3
+    assert features._ThreadChooser(None, cpu=False).trials == []
+    assert features.inference_settings("cpu").threads is None
+
+
+def test_cli_parsing() -> None:
+    args = cli.parse_args([])
+    assert args.sections == list(SECTIONS) and args.images == 160 and args.naive_epochs == 1
+    assert args.notebook_profile == "ci"
+    quick = cli.parse_args(["--quick"])
+    assert "notebooks" not in quick.sections and quick.images == 64
+    only = cli.parse_args(["--only", "notebooks", "--notebook-profile", "default", "--notebooks", "01"])
+    assert only.sections == ["notebooks"] and only.notebook_profile == "default" and only.notebooks == ["01"]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--only", "nonsense"])
+
+
+def test_run_measured_kills_a_hung_tree() -> None:
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    m = run_measured([sys.executable, "-c", code], poll_s=0.05, timeout_s=1.0)
+    assert m.timed_out and m.returncode != 0 and m.seconds < 10
+
+
+def test_batches_are_fetched_on_one_thread(tiny: Tiny) -> None:
+    seen: list[int] = []
+
+    class Spy(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 6
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            seen.append(torch.get_num_threads())
+            return torch.rand(3, 8, 8), i % 2
+
+    before = torch.get_num_threads()
+    feats, labels = features.extract_features(tiny, Spy(), batch_size=2, threads=before, progress=False)
+    assert feats.shape == (6, 8) and labels.tolist() == [0, 1] * 3
+    assert seen == [1] * 6 and torch.get_num_threads() == before
+
+
+def test_summary_combines_the_latest_section_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path))
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    for name in ("notebooks-default", "extraction", "notebooks-ci", "unrelated"):
+        (folder / f"{name}.md").write_text(f"# {name}\n")
+    assert [p.stem for p in cli.section_reports()] == ["extraction", "notebooks-ci", "notebooks-default"]
