@@ -183,3 +183,23 @@ def test_summary_combines_the_latest_section_reports(tmp_path: Path, monkeypatch
     for name in ("notebooks-default", "extraction", "notebooks-ci", "unrelated"):
         (folder / f"{name}.md").write_text(f"# {name}\n")
     assert [p.stem for p in cli.section_reports()] == ["extraction", "notebooks-ci", "notebooks-default"]
+
+
+def test_onnx_engine_reports_a_skip_without_onnxruntime(monkeypatch):
+    from benchmarks import onnx_engine
+
+    monkeypatch.setattr(onnx_engine, "_import_onnxruntime", lambda: None)
+    section = onnx_engine.run(size=32, batch=2, rounds=1)
+    assert section.name == "onnx_engine" and "not installed" in section.data["skipped"]
+    assert "Skipped" in section.markdown
+
+
+def test_onnx_engine_extra_path_goes_after_the_course_packages(monkeypatch, tmp_path):
+    from benchmarks import onnx_engine
+
+    monkeypatch.setenv("TLCOURSE_EXTRA_PATH", str(tmp_path))
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    onnx_engine._import_onnxruntime()
+    import sys
+
+    assert sys.path[-1] == str(tmp_path)  # never ahead of the course's own numpy
