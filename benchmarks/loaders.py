@@ -8,31 +8,20 @@ Worker start-up is included (it is paid on every pass unless ``persistent_worker
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-from torch.utils.data import DataLoader
-
 from benchmarks.common import Section, machine, md_table, ratio
 from benchmarks.extraction import eval_transform, images_on_disk
+from tlcourse import data
 
 
 def run(images: int | None = None, workers: tuple[int, ...] = (0, 1, 2), batches: tuple[int, ...] = (16, 64),
         size: int = 224) -> Section:
     start_machine = machine()
     dataset = images_on_disk(eval_transform(size), images)
-    rows: list[dict[str, Any]] = []
-    for batch in batches:
-        for w in workers:
-            loader = DataLoader(dataset, batch_size=batch, num_workers=w)
-            start = time.perf_counter()
-            n = sum(len(y) for _, y in loader)
-            seconds = time.perf_counter() - start
-            rows.append({"batch": batch, "workers": w, "images": n, "seconds": round(seconds, 2),
-                         "img_per_s": round(n / seconds, 1)})
-            print(f"[loaders] batch {batch}, {w} workers: {n / seconds:.1f} img/s", flush=True)
+    rows = data.loader_throughput(dataset, batches, workers)
     for r in rows:
-        base = next(b for b in rows if b["batch"] == r["batch"] and b["workers"] == workers[0])
+        print(f"[loaders] batch {r['batch_size']}, {r['num_workers']} workers: {r['images_per_s']:.1f} img/s", flush=True)
+    for r in rows:
+        base = next(b for b in rows if b["batch_size"] == r["batch_size"] and b["num_workers"] == workers[0])
         r["speedup_vs_0_workers"] = round(ratio(base["seconds"], r["seconds"]), 2)
     result = {"size": size, "rows": rows, "machine_start": start_machine, "machine_end": machine()}
     m = start_machine

@@ -404,3 +404,13 @@ def test_real_medmnist_files_load(
     monkeypatch.setenv("TLCOURSE_DATA_DIR", str(tmp_path / "data"))
     dataset = data.medmnist(name, "train")
     assert len(dataset) == train_count and set(dataset.targets) == {0, 1}
+
+
+def test_loader_throughput_times_every_setting_over_the_whole_dataset() -> None:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    dataset = TensorDataset(torch.zeros(10, 3, 4, 4), torch.arange(10))
+    rows = data.loader_throughput(dataset, batch_sizes=(3, 10), workers=(0,), pin_memory=(False,))
+    assert [(r["batch_size"], r["num_workers"], r["pin_memory"]) for r in rows] == [(3, 0, False), (10, 0, False)]
+    assert all(r["images"] == 10 and r["images_per_s"] > 0 for r in rows)

@@ -27,6 +27,7 @@ import stat
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,7 +41,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -79,6 +80,7 @@ __all__ = [
     "status",
     "stratified_split",
     "stratified_subset",
+    "loader_throughput",
     "targets_of",
     "to_rgb",
     "verify_file",
@@ -1350,3 +1352,30 @@ def find_duplicates(
                 by_hash[sha256sum(path)].append(path)
     groups = [sorted(group) for group in by_hash.values() if len(group) > 1]
     return sorted(groups)
+
+
+def loader_throughput(
+    dataset: Dataset,
+    batch_sizes: Iterable[int] = (16, 64),
+    workers: Iterable[int] = (0, 1, 2),
+    pin_memory: Iterable[bool] = (False,),
+) -> list[dict[str, Any]]:
+    """Images per second of one pass over ``dataset`` for each DataLoader setting (no model).
+
+    One row per combination of batch size, ``num_workers`` and ``pin_memory``, in that order:
+    ``{"batch_size", "num_workers", "pin_memory", "images", "seconds", "images_per_s"}``. Each
+    pass builds a fresh loader, so worker start-up is counted, as it is in every epoch unless
+    ``persistent_workers=True``. Notebook 01 and ``benchmarks/loaders.py`` use it.
+    """
+    rows = []
+    for batch_size in batch_sizes:
+        for num_workers in workers:
+            for pin in pin_memory:
+                loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
+                start = time.perf_counter()
+                n = sum(len(y) for _, y in loader)
+                seconds = time.perf_counter() - start
+                rows.append({"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin,
+                             "images": n, "seconds": round(seconds, 3),
+                             "images_per_s": round(n / seconds, 1) if seconds > 0 else float("inf")})
+    return rows

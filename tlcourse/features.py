@@ -266,14 +266,10 @@ def _fetch_on_one_thread(loader: Iterable) -> Iterator[Any]:
     """
     batches = iter(loader)
     while True:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            batch = next(batches)
-        except StopIteration:
+        with _one_thread():
+            batch = next(batches, None)
+        if batch is None:
             return
-        finally:
-            torch.set_num_threads(previous)
         yield batch
 
 
