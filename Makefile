@@ -1,6 +1,6 @@
 # Transfer Learning for Computer Vision: the two commands you need
 #   make course   set up .venv if needed, execute every notebook (default profile) into build/
-#   make test     set up .venv if needed, run the unit tests and execute every notebook (ci profile)
+#   make test     set up .venv if needed, lint (ruff), run the unit tests and execute every notebook (ci profile)
 # More: make lab (JupyterLab), make slides (reveal.js decks in build/slides), make refresh
 #       (re-execute and commit-ready notebooks), make status
 
@@ -43,10 +43,12 @@ test: export MKL_NUM_THREADS := 1
 test: export OPENBLAS_NUM_THREADS := 1
 test: $(STAMP)
 	@echo "[test] $$(date -u +%H:%M:%S) start: $$(nproc) CPUs, load $$(cut -d' ' -f1-3 /proc/loadavg)"
+	$(BIN)/ruff check tlcourse tests benchmarks scripts notebooks
 	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout=$(TEST_TIMEOUT) \
 		--nbval-lax --nbval-current-env --durations=15 tests notebooks
 
 unit: $(STAMP)
+	$(BIN)/ruff check tlcourse tests benchmarks scripts notebooks
 	$(BIN)/python -m pytest -m "not notebook" tests
 
 # LAB_FLAGS adds JupyterLab options, e.g. make lab LAB_FLAGS="--no-browser --port=8890"

@@ -6,6 +6,8 @@ Sections, each writing ``build/benchmarks/<section>.json`` and ``.md``:
   naive loop vs the course's path, with an ablation (:mod:`benchmarks.extraction`);
 - ``frozen_recipe``: the classic 25-epoch frozen-backbone recipe, naive vs cached features
   (:mod:`benchmarks.frozen_recipe`);
+- ``training_steps``: CPU training steps, float32 vs bf16 autocast at 64/128/224 px
+  (:mod:`benchmarks.training_steps`);
 - ``loaders``: JPEG decode + transform throughput by DataLoader workers (:mod:`benchmarks.loaders`);
 - ``notebooks``: wall time and peak memory of each notebook and the whole course
   (:mod:`benchmarks.notebooks`).
@@ -13,4 +15,4 @@ Sections, each writing ``build/benchmarks/<section>.json`` and ``.md``:
 ``build/benchmarks/summary.md`` concatenates the sections of the last run.
 """
 
-SECTIONS = ("extraction", "frozen_recipe", "loaders", "notebooks")
+SECTIONS = ("extraction", "training_steps", "frozen_recipe", "loaders", "notebooks")

@@ -41,6 +41,10 @@ def run_section(name: str, args: argparse.Namespace) -> Section:
         from benchmarks import extraction
 
         return extraction.run(images=args.images or None, compile_model=args.compile)
+    if name == "training_steps":
+        from benchmarks import training_steps
+
+        return training_steps.run(steps=2 if args.quick else 4, rounds=1 if args.quick else 2)
     if name == "frozen_recipe":
         from benchmarks import frozen_recipe
 

@@ -5,15 +5,19 @@ per image (decoding, resizing, normalising and the forward pass), on the same im
 loop is what a tutorial writes: torchvision ``ImageFolder`` + ``DataLoader`` decoding each JPEG
 with PIL, resize + crop + normalise, NCHW float32, batch 64, ``torch.no_grad()``, the default
 thread count. The course's path is :func:`tlcourse.features.extract_features` with its defaults
-(channels_last, inference mode, the thread count chosen by timing, batch 16 on a CPU). The ablation changes one thing
-at a time; "decode once" decodes and crops each JPEG once into a uint8 tensor
-(:func:`tlcourse.finetune.load_images`) and then feeds :class:`tlcourse.finetune.TensorImages`,
+(on a CPU: ONNX Runtime, exported once into ``build/onnx`` before timing, one DataLoader worker
+decoding while it computes, ``runtime.engine_threads`` threads, batch 16). Next to it, at every
+size: the eager PyTorch path (channels_last, inference mode, threads by timing), eager with bf16
+autocast (features differ from float32 by bf16's rounding: reported, not a default), and ONNX
+Runtime without the worker or with every thread. The ablation changes one thing at a time; "decode once" decodes and crops each JPEG once into a uint8 tensor
+(:func:`tlcourse.data.load_images`) and then feeds :class:`tlcourse.data.TensorImages`,
 which pays off when the same images are needed more than once (two input sizes, several layers).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from benchmarks.common import Section, machine, md_table, ratio
-from tlcourse import data, features, finetune, models
+from tlcourse import data, features, models, runtime
 
 SPLITS = ("train", "validation")
 
@@ -33,7 +37,7 @@ SPLITS = ("train", "validation")
 def headless(model: nn.Module) -> nn.Module:
     """A copy of a registry backbone whose head is ``nn.Identity``: it returns the pooled features."""
     body = copy.deepcopy(model)
-    parent, _, child = models.get_spec(model).head.rpartition(".")
+    parent, _, child = models.backbone_spec(model).head.rpartition(".")
     setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
     return body
 
@@ -54,7 +58,7 @@ def naive_features(body: nn.Module, loader: DataLoader, *, channels_last: bool =
 
 def images_on_disk(transform: Any, n: int | None = None) -> Dataset:
     """Alien vs Predator train + validation (``n`` evenly spaced images, or all), read from the JPEGs."""
-    both = ConcatDataset([data.image_folder("alien-vs-predator", s, transform=transform) for s in SPLITS])
+    both = ConcatDataset([data.course_dataset("alien-vs-predator", s, transform=transform) for s in SPLITS])
     if not n or n >= len(both):
         return both
     return Subset(both, np.linspace(0, len(both) - 1, n).round().astype(int).tolist())
@@ -62,14 +66,14 @@ def images_on_disk(transform: Any, n: int | None = None) -> Dataset:
 
 def eval_transform(size: int) -> transforms.Compose:
     """The default backbone's eval preprocessing at ``size`` px (same crop fraction as at 224)."""
-    p = models.get_spec(models.DEFAULT_BACKBONE).preprocessing()
+    p = models.backbone_spec(models.DEFAULT_BACKBONE).preprocessing()
     return models.Preprocessing(resize=round(size * p.resize / p.crop), crop=size, mean=p.mean, std=p.std,
                                 interpolation=p.interpolation).eval_transform()
 
 
 def decode_once(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode, resize and crop every image once (``dataset`` yields PIL crops): uint8 (N, 3, H, W)."""
-    return finetune.load_images(dataset)
+    return data.load_images(dataset)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -101,8 +105,13 @@ def matmul_gflops(threads: int, n: int = 1536, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / seconds / 1e9
 
 
+def settings(**kw: Any) -> runtime.DeviceSettings:
+    """CPU inference settings with ``kw`` changed (``engine``, ``workers``, ``bf16``, ``threads``, ...)."""
+    return runtime.device_settings("cpu", inference=True, **kw)
+
+
 def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_model: bool = False) -> Section:
-    """Measure the ablation at the first size and naive vs course at every size."""
+    """Measure the ablation at the first size and naive vs each engine vs course at every size."""
     start_machine = machine()
     model = models.build_backbone(models.DEFAULT_BACKBONE).eval()
     body = headless(model)
@@ -118,9 +127,19 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
     def loader(size: int, batch: int) -> DataLoader:
         return DataLoader(images_on_disk(eval_transform(size), images), batch_size=batch)
 
+    cores = os.cpu_count() or 1
+    export_s: dict[int, float] = {}
     for size in sizes:
         n = len(images_on_disk(None, images))
         full = size == sizes[0]
+
+        def course(size: int = size, **kw: Any) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
+            ds = images_on_disk(eval_transform(size), images)
+            return timed(lambda: features.extract_features(model, ds, device=settings(**kw), progress=False))
+
+        # the export happens once per backbone, layer and size (then build/onnx): not timed below
+        export_s[size], _ = timed(lambda: features.extract_features(
+            model, images_on_disk(eval_transform(size), 2), device=settings(workers=0), progress=False))
         s, (naive, _) = timed(lambda: naive_features(body, loader(size, 64)))
         add("naive: ImageFolder+PIL, NCHW, no_grad, batch 64", size, s, n, f"{threads} threads")
         if full:
@@ -129,40 +148,62 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
             s, _ = timed(lambda: naive_features(body, loader(size, 64), channels_last=True, inference_mode=True))
             add("+ inference_mode", size, s, n)
             for batch in (64, 32, 16):
-                s, _ = timed(lambda: features.extract_features(model, images_on_disk(eval_transform(size), images),
-                                                               batch_size=batch, threads=threads, progress=False))
-                add(f"extract_features, batch {batch}, {threads} threads", size, s, n)
-            s, _ = timed(lambda: features.extract_features(model, images_on_disk(eval_transform(size), images),
-                                                           threads=1, progress=False))
-            add("extract_features, batch 16, 1 thread", size, s, n)
+                s, _ = course(engine="eager", workers=0, batch_size=batch, threads=threads)
+                add(f"eager extract_features, batch {batch}, {threads} threads", size, s, n)
+            s, _ = course(engine="eager", workers=0, threads=1)
+            add("eager extract_features, batch 16, 1 thread", size, s, n)
+        s, (eager, _) = course(engine="eager", workers=0)
+        add("eager PyTorch: channels_last, threads by timing", size, s, n,
+            f"chose {runtime.LAST_EXTRACTION.get('threads')} thread(s)")
+        s, (bf16, _) = course(engine="eager", workers=0, bf16=True)
+        add("eager + bf16 autocast", size, s, n, f"chose {runtime.LAST_EXTRACTION.get('threads')} thread(s)")
+        s, _ = course(engine="onnxruntime", workers=0, threads=cores)
+        add("onnxruntime, decoding in-process", size, s, n, f"{cores} threads")
+        s, _ = course(engine="onnxruntime", workers=1, threads=cores)
+        add("onnxruntime + 1 decoding worker, every core", size, s, n, f"{cores} threads")
         s, (fast, _) = timed(lambda: features.extract_features(model, images_on_disk(eval_transform(size), images),
                                                                progress=False))
-        chosen = features.LAST_EXTRACTION.get("threads")
-        add("course default: extract_features (batch 16, threads by timing)", size, s, n, f"chose {chosen} thread(s)")
+        used = runtime.LAST_EXTRACTION
+        add("course default: extract_features", size, s, n,
+            f"{used.get('engine')}, {used.get('workers')} worker(s), {used.get('threads')} thread(s)")
         check[f"max_abs_diff_{size}"] = float((naive - fast).abs().max())
+        check[f"max_abs_diff_eager_{size}"] = float((naive - eager).abs().max())
+        check[f"max_abs_diff_bf16_{size}"] = float((naive - bf16).abs().max())
         if full:
             s2, _ = timed(lambda: naive_features(body, loader(size, 64)))
             add("naive again (drift check)", size, s2, n)
     # decode once, then every size from the same uint8 crops
-    p = models.get_spec(model).preprocessing()
+    p = models.backbone_spec(model).preprocessing()
     crops = transforms.Compose([transforms.Resize(p.resize, interpolation=transforms.InterpolationMode(p.interpolation)),
                                 transforms.CenterCrop(p.crop)])
     decode_s, (u8, labels) = timed(lambda: decode_once(images_on_disk(crops, images)))
     add("decode once into uint8 (load_images), no model", p.crop, decode_s, len(labels))
     cached_total = decode_s
     for size in sizes:
-        ds = finetune.TensorImages(u8, labels, size=size, mean=p.mean, std=p.std)
+        ds = data.TensorImages(u8, labels, size=size, mean=p.mean, std=p.std)
         s, (f, _) = timed(lambda: features.extract_features(model, ds, progress=False))
         cached_total += s
         add("extract_features from the uint8 cache (TensorImages)", size, s, len(labels))
     result = _summarise(rows, sizes, model, decode_s, cached_total, compile_model, images)
     result.update(check=check, machine_start=start_machine, machine_end=machine(), images_arg=images,
-                  thread_rates=features.LAST_EXTRACTION.get("rates"))
+                  thread_rates=runtime.LAST_EXTRACTION.get("rates"), export_seconds=export_s,
+                  engines=_engines(rows, sizes))
     return Section("extraction", result, markdown(result))
 
 
 def _rate(rows: list[dict[str, Any]], size: int, prefix: str) -> dict[str, Any]:
     return next(r for r in rows if r["size"] == size and r["step"].startswith(prefix))
+
+
+ENGINE_ROWS = {"naive": "naive", "eager": "eager PyTorch", "bf16": "eager + bf16",
+               "onnxruntime_in_process": "onnxruntime, decoding", "onnxruntime_worker_all_cores": "onnxruntime + 1",
+               "course": "course default"}
+
+
+def _engines(rows: list[dict[str, Any]], sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """One row per size: img/s of the naive loop and of each engine, side by side."""
+    return [{"size": size, **{key: _rate(rows, size, prefix)["img_per_s"] for key, prefix in ENGINE_ROWS.items()}}
+            for size in sizes]
 
 
 def _summarise(rows: list[dict[str, Any]], sizes: tuple[int, ...], model: nn.Module, decode_s: float,
@@ -234,11 +275,16 @@ Both sizes from one decode (decode + crop once into uint8, then 224 and 160 px f
 Goal >= 5x end to end at {r['headline'][0]['size']} px: **{'met' if r['headline'][0]['speedup'] >= 5 else 'not met'}** ({r['headline'][0]['speedup']}x).
 The course path reaches {r['headline'][0]['course_gflop_per_s']} GFLOP/s; float32 matmul on this machine at the same
 time (a practical peak) reaches {r['matmul_gflop_per_s']} GFLOP/s by thread count.
-Thread trial of the last extraction (160 px from the uint8 cache; forward-pass img/s by threads): {r['thread_rates']}.
-Naive vs course features: max abs difference {r['check']}.
+Naive vs course features: max abs difference {r['check']} (the course and eager float32 paths must stay
+below 1e-4; bf16 is listed for its rounding). ONNX export (once per size, then `build/onnx`, not in the
+rates): {r['export_seconds']} s.
+
+## Engines side by side (img/s, end to end)
+
+{md_table(r['engines'])}
 
 ## Ablation (one change at a time)
 
 {md_table(r['rows'], ['size', 'step', 'images', 'seconds', 'img_per_s', 'speedup_vs_naive', 'note'])}
-{compile_line}. ONNX Runtime: not installed (no new dependency added).
+{compile_line}.
 """

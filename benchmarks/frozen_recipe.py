@@ -5,8 +5,8 @@ pretrained backbone with every layer frozen, a new linear head, SGD (lr 0.001, m
 batch size 32, 25 epochs, evaluated on the validation split after every epoch. Images go through
 the default backbone's own eval preprocessing (resize, centre crop, its mean/std).
 
-(a) naive: the frozen backbone runs on every image in every epoch (``tlcourse.train.train_loop``
-    and ``test_loop`` over the image loaders).
+(a) naive: the frozen backbone runs on every image in every epoch (``tlcourse.train.train_one_epoch``
+    and ``evaluate`` over the image loaders).
 (b) cached: ``tlcourse.features.cached_features`` runs the backbone once over the training and the
     validation images (into an empty cache, so the one-time extraction and the save are counted),
     then ``train_linear_probe`` trains the same head on the vectors for 25 epochs.
@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from benchmarks.common import Section, machine, ratio, write_section
 from tlcourse import data, features, models
-from tlcourse.train import seed_everything, test_loop, train_loop
+from tlcourse.runtime import seed_everything
+from tlcourse.train import evaluate, train_one_epoch
 
 
 def run(naive_epochs: int = 2, epochs: int = 25, backbone: str = models.DEFAULT_BACKBONE, seed: int = 0,
@@ -52,10 +53,10 @@ def run(naive_epochs: int = 2, epochs: int = 25, backbone: str = models.DEFAULT_
     device = torch.device("cpu")
     seed_everything(args.seed)
 
-    spec = models.get_spec(args.backbone)
+    spec = models.backbone_spec(args.backbone)
     tf = spec.preprocessing().eval_transform()
-    train_set = data.image_folder("alien-vs-predator", "train", transform=tf)
-    val_set = data.image_folder("alien-vs-predator", "validation", transform=tf)
+    train_set = data.course_dataset("alien-vs-predator", "train", transform=tf)
+    val_set = data.course_dataset("alien-vs-predator", "validation", transform=tf)
     n_classes = len(train_set.classes)
     print(f"{args.backbone}, {len(train_set)} train / {len(val_set)} validation images, "
           f"{torch.get_num_threads()} threads, preprocessing {tf}")
@@ -94,8 +95,8 @@ def run(naive_epochs: int = 2, epochs: int = 25, backbone: str = models.DEFAULT_
     naive_history = []
     for epoch in range(1, naive_epochs + 1):
         start = time.perf_counter()
-        tr_stats = train_loop(model, train_loader, loss_fn, optimizer, device, progress=False)
-        va_stats = test_loop(model, val_loader, loss_fn, device, progress=False)
+        tr_stats = train_one_epoch(model, train_loader, loss_fn, optimizer, device)
+        va_stats = evaluate(model, val_loader, loss_fn, device)
         seconds = time.perf_counter() - start
         cached_acc = probe["history"][epoch - 1]["val_acc"]
         naive_history.append({"epoch": epoch, "seconds": seconds, "train_acc": tr_stats.accuracy,

@@ -1,6 +1,6 @@
 """JPEG decoding + transform throughput by number of DataLoader workers (no model).
 
-Each run iterates once over the Alien vs Predator JPEGs through ``tlcourse.data.image_folder`` with
+Each run iterates once over the Alien vs Predator JPEGs through ``tlcourse.data.course_dataset`` with
 the default backbone's eval transform (PIL decode, resize, crop, to tensor, normalise), so it shows
 how fast the input pipeline alone can feed a model, and whether worker processes help here.
 Worker start-up is included (it is paid on every pass unless ``persistent_workers=True``).

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from tlcourse import data, distributed, models, train
+from tlcourse import data, distributed, models, runtime, train
 
 
 class SyntheticImages(Dataset):
@@ -112,7 +112,7 @@ def build_data(args: argparse.Namespace, size: int) -> tuple[Any, Any]:
     if args.synthetic:
         n = args.synthetic_size
         return SyntheticImages(n, size, seed=args.seed), SyntheticImages(max(n // 4, 10), size, seed=args.seed + 1)
-    pre = models.get_spec(args.backbone).preprocessing()
+    pre = models.backbone_spec(args.backbone).preprocessing()
     if size != pre.crop:  # same resize/crop ratio and normalisation at another size
         pre = dataclasses.replace(pre, resize=round(size * pre.resize / pre.crop), crop=size)
     with distributed.main_first():  # rank 0 extracts the dataset once, the others find it
@@ -127,7 +127,7 @@ def build_data(args: argparse.Namespace, size: int) -> tuple[Any, Any]:
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
-    train.seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    runtime.seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     if args.model == "tiny":
         return TinyNet(10)
     return models.build_backbone(args.backbone, 10, pretrained=args.pretrained)
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ctx = distributed.init_from_env(args.device)
     try:
-        settings = train.device_settings(ctx.device, batch_size=args.batch_size)
-        size = args.image_size or (32 if args.synthetic else models.get_spec(args.backbone).preprocessing().crop)
+        settings = runtime.device_settings(ctx.device, batch_size=args.batch_size)
+        size = args.image_size or (32 if args.synthetic else models.backbone_spec(args.backbone).preprocessing().crop)
         workers = args.num_workers
         if workers is None:
             workers = 0 if args.synthetic else min(4, max((os.cpu_count() or 1) // ctx.world_size - 1, 0))
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         train_set, val_set = build_data(args, size)
         model = build_model(args)
         ddp_model = distributed.wrap(model, settings, sync_batchnorm=args.sync_bn)
-        initial = distributed.state_dict_sha256(ddp_model)
+        initial = models.state_dict_fingerprint(ddp_model)
         train_dl = distributed.train_loader(train_set, settings, seed=args.seed, num_workers=workers)
         val_dl = distributed.eval_loader(val_set, settings, batch_size=2 * settings.batch_size, num_workers=workers)
         distributed.print0(f"[ddp] {len(train_set)} training images ({len(train_dl)} steps/epoch/process), "
@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         history = train.fit(
             ddp_model, train_dl, val_dl, epochs=args.epochs, lr=args.lr, settings=settings,
             seed=args.seed, checkpoint_dir=args.checkpoint_dir, progress=args.progress,
-            on_epoch_end=record,
+            on_epoch_end=record, callbacks=[distributed.Distributed()],
             meta={"num_classes": 10, "backbone": args.backbone if args.model == "backbone" else "tiny",
                   "image_size": size, "world_size": ctx.world_size},
         )
         fit_seconds = time.perf_counter() - fit_start
-        final = distributed.state_dict_sha256(ddp_model)
+        final = models.state_dict_fingerprint(ddp_model)
 
         hashes = [final]
         if distributed.is_distributed():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tlcourse import advisor, decision_matrix
-from tlcourse.advisor import SIMILARITY_BOUNDARY, SIZE_BOUNDARY, recommend
-
+from tlcourse import advisor, decision_matrix, strategies
+from tlcourse.advisor import recommend
+from tlcourse.strategies import SIMILARITY_BOUNDARY, SIZE_BOUNDARY
 
 # ---------------------------------------------------------------- recommend: quadrants and boundaries
 
@@ -28,8 +29,10 @@ from tlcourse.advisor import SIMILARITY_BOUNDARY, SIZE_BOUNDARY, recommend
 def test_each_quadrant_gets_its_textbook_strategy(n, similarity, quadrant, strategy):
     rec = recommend(n, similarity)
     assert (rec.quadrant, rec.strategy) == (quadrant, strategy)
-    assert rec.explanation and rec.strategy in decision_matrix.STRATEGIES
-    assert rec.strategy in decision_matrix.TEXTBOOK[quadrant], "the advisor and the measured grid share the textbook"
+    assert rec.explanation and rec.strategy in strategies.STRATEGIES
+    assert rec.strategy == strategies.TEXTBOOK[quadrant].choice, "the advisor and the measured grid share the textbook"
+    assert rec.alternatives == strategies.TEXTBOOK[quadrant].strategies[1:]
+    assert rec.explanation == strategies.TEXTBOOK[quadrant].why
 
 
 def test_the_size_boundary_belongs_to_large():
@@ -144,7 +147,7 @@ def test_summary_winners_and_round_trip(tmp_path: Path):
     rows = _rows()
     summary = decision_matrix.summarize(rows)
     assert summary["large_similar"]["scratch"]["mean"] == pytest.approx(0.5 + 0.32 + 0.005)
-    assert summary["large_similar"]["scratch"]["std"] == pytest.approx(0.005)
+    assert summary["large_similar"]["scratch"]["std"] == pytest.approx(0.01 / 2 ** 0.5)  # sample std
     best = decision_matrix.winners(summary)
     assert best["small_similar"] == "probe_last" and best["large_dissimilar"] == "scratch"
     json_path, csv_path = decision_matrix.save_results(rows, tmp_path / "m.json", meta={"size": 64})
@@ -196,19 +199,35 @@ def test_each_training_strategy_trains_what_its_name_says():
 
 
 def test_train_strategy_reports_accuracy_and_collapse():
-    from tlcourse.finetune import TensorImages
+    from tlcourse.data import TensorImages
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
     ds = TensorImages(images, [0, 1] * 4, size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     out = decision_matrix.train_strategy("partial_ft", ds, ds, epochs=1, batch_size=4, partial_stages=1)
     assert 0.0 <= out["accuracy"] <= 1.0 and 0.5 <= out["majority_prediction_share"] <= 1.0
+    assert len(out["correct"]) == len(ds) and sum(out["correct"]) / len(ds) == pytest.approx(out["accuracy"])
     assert out["trainable"] < 2_000_000
 
 
-def test_a_lead_within_the_seed_spread_is_called_a_tie():
-    table = {"probe_last": {"mean": 0.77, "std": 0.025}, "probe_early": {"mean": 0.79, "std": 0.01}}
-    assert "ties" in decision_matrix.verdict("small_similar", table)
-    table["probe_early"] = {"mean": 0.85, "std": 0.01}
-    assert "beats the textbook" in decision_matrix.verdict("small_similar", table)
-    assert "agrees" in decision_matrix.verdict("small_dissimilar", table)
+def test_the_verdict_calls_a_winner_only_when_the_seed_interval_excludes_zero():
+    def table(**values):
+        return {s: {"mean": sum(v) / len(v), "values": v} for s, v in values.items()}
+
+    close = table(probe_last=[0.75, 0.77, 0.79], probe_early=[0.78, 0.79, 0.80])
+    assert decision_matrix.verdict("small_similar", close).startswith("no measurable difference")
+    clear = table(probe_last=[0.75, 0.77, 0.79], probe_early=[0.85, 0.86, 0.84])
+    text = decision_matrix.verdict("small_similar", clear)
+    assert text.startswith("probe_early is better than probe_last (★) by 8.0 points") and "%" in text
+    assert "is a textbook strategy" in decision_matrix.verdict("small_dissimilar", clear)
+    one_seed = table(probe_last=[0.70], probe_early=[0.90])
+    assert decision_matrix.verdict("small_similar", one_seed).startswith("one seed, no interval")
+
+
+def test_summary_uses_the_sample_std_and_a_t_interval():
+    rows = [dict(quadrant="small_similar", strategy="full_ft", seed=s, accuracy=a) for s, a in enumerate((0.6, 0.7, 0.8))]
+    entry = decision_matrix.summarize(rows)["small_similar"]["full_ft"]
+    assert entry["std"] == pytest.approx(0.1)  # ddof=1, not the population std (0.0816)
+    assert entry["low"] < 0.7 < entry["high"] and entry["high"] - 0.7 == pytest.approx(0.2484, abs=1e-3)
+    single = decision_matrix.summarize(rows[:1])["small_similar"]["full_ft"]
+    assert math.isnan(single["std"]) and decision_matrix.summary_rows({"q": {"full_ft": single}})[0]["full_ft"] == "60.0"

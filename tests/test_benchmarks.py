@@ -17,9 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from benchmarks import SECTIONS, __main__ as cli, extraction
+from benchmarks import SECTIONS, extraction
+from benchmarks import __main__ as cli
 from benchmarks.common import Section, md_table, ratio, run_measured, write_section
-from tlcourse import features, finetune, models
+from tlcourse import data, features, models, runtime
 from tlcourse.models import BackboneSpec
 
 TINY = BackboneSpec(name="tiny-bench", family="test", arch="tiny", head="fc",
@@ -111,34 +112,41 @@ def test_naive_and_course_extraction_agree(tiny: Tiny, jpegs: Path) -> None:
     # decoding once into uint8 crops gives the same features at the crop size
     u8, labels = extraction.decode_once(datasets.ImageFolder(str(jpegs), transform=transforms.Compose(
         [transforms.Resize(18), transforms.CenterCrop(16)])))
-    cached, _ = features.extract_features(tiny, finetune.TensorImages(u8, labels, size=16, mean=(0.5,) * 3,
+    cached, _ = features.extract_features(tiny, data.TensorImages(u8, labels, size=16, mean=(0.5,) * 3,
                                                                        std=(0.5,) * 3), progress=False)
     torch.testing.assert_close(cached, naive, atol=1e-5, rtol=1e-4)
 
 
 def test_extraction_thread_choice_restores_and_matches(tiny: Tiny, jpegs: Path) -> None:
+    """The eager engine times its thread count; ONNX Runtime (the CPU default) uses a fixed one."""
     ds = datasets.ImageFolder(str(jpegs), transform=transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]))
     before = torch.get_num_threads()
-    auto, _ = features.extract_features(tiny, ds, batch_size=2, progress=False)
+    eager = runtime.device_settings("cpu", inference=True, engine="eager", batch_size=2)
+    auto, _ = features.extract_features(tiny, ds, device=eager, progress=False)
     assert torch.get_num_threads() == before
-    assert features.LAST_EXTRACTION["threads"] in {1, before}
+    assert runtime.LAST_EXTRACTION["threads"] in {1, before} and runtime.LAST_EXTRACTION["engine"] == "eager"
     if before > 1:
-        assert set(features.LAST_EXTRACTION["rates"]) == {1, before}
-    one, _ = features.extract_features(tiny, ds, batch_size=2, threads=1, progress=False)
-    assert features.LAST_EXTRACTION == {"threads": 1, "rates": {}}
+        assert set(runtime.LAST_EXTRACTION["rates"]) == {1, before}
+    eager_one = runtime.device_settings("cpu", inference=True, engine="eager", batch_size=2, threads=1)
+    one, _ = features.extract_features(tiny, ds, device=eager_one, progress=False)
+    assert runtime.LAST_EXTRACTION == {"threads": 1, "rates": {}, "engine": "eager", "workers": eager_one.workers}
     torch.testing.assert_close(auto, one)
+    ort, _ = features.extract_features(tiny, ds, batch_size=2, threads=1, progress=False)
+    assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime" and runtime.LAST_EXTRACTION["threads"] == 1
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(ort, one, atol=1e-4, rtol=1e-4)
 
 
 def test_thread_chooser_keeps_the_faster() -> None:
-    chooser = features._ThreadChooser(None)
+    chooser = runtime.ThreadChooser(None)
     chooser.previous, chooser.trials = 4, [4, 1]
     chooser.rates = {4: 10.0, 1: 25.0}
     assert chooser.best() == 1
     chooser.rates = {4: 30.0, 1: 25.0}
     assert chooser.best() == 4
-    assert features._ThreadChooser(3).best() == 3
-    assert features._ThreadChooser(None, cpu=False).trials == []
-    assert features.inference_settings("cpu").threads is None
+    assert runtime.ThreadChooser(3).best() == 3
+    assert runtime.ThreadChooser(None, cpu=False).trials == []
+    assert runtime.device_settings("cpu", inference=True).threads is None
 
 
 def test_cli_parsing() -> None:
@@ -203,3 +211,45 @@ def test_onnx_engine_extra_path_goes_after_the_course_packages(monkeypatch, tmp_
     import sys
 
     assert sys.path[-1] == str(tmp_path)  # never ahead of the course's own numpy
+
+
+def test_engine_rows_agree_on_generated_data(tiny: Tiny, jpegs: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extraction section's engine rows (eager, bf16, ONNX Runtime with and without a worker)
+    give the naive loop's features (bf16 within its rounding), and the side-by-side table reads them."""
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
+    tf = transforms.Compose([transforms.Resize(18), transforms.CenterCrop(16), transforms.ToTensor()])
+    ds = datasets.ImageFolder(str(jpegs), transform=tf)
+    naive, _ = extraction.naive_features(extraction.headless(tiny), DataLoader(ds, batch_size=5))
+    rows = []
+    for key, prefix in extraction.ENGINE_ROWS.items():
+        kw = {"eager": {"engine": "eager"}, "bf16": {"engine": "eager", "bf16": True},
+              "onnxruntime_in_process": {"engine": "onnxruntime", "workers": 0},
+              "onnxruntime_worker_all_cores": {"engine": "onnxruntime", "workers": 1, "threads": 2}}.get(key, {})
+        feats, _ = features.extract_features(tiny, ds, device=extraction.settings(batch_size=2, **kw), progress=False)
+        atol = 5e-2 if key == "bf16" else 1e-4
+        torch.testing.assert_close(feats, naive, atol=atol, rtol=atol)
+        if key.startswith("onnxruntime") or key == "course":
+            assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime"
+        rows.append({"size": 16, "step": f"{prefix} row", "img_per_s": float(len(rows) + 1)})
+    table = extraction._engines(rows, (16,))
+    assert table == [{"size": 16, **{key: float(i + 1) for i, key in enumerate(extraction.ENGINE_ROWS)}}]
+    assert runtime.LAST_EXTRACTION["workers"] == 1  # the course default decodes in a worker (6 batches)
+
+
+def test_training_steps_section_on_a_tiny_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import training_steps
+
+    class Small(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+    monkeypatch.setattr(training_steps.models, "build_backbone", lambda *a, **k: Small())
+    section = training_steps.run(sizes=(8, 12), batch=2, steps=1, rounds=1)
+    assert section.name == "training_steps" and [r["size"] for r in section.data["rows"]] == [8, 12]
+    assert all(r["fp32_img_per_s"] > 0 and r["bf16_img_per_s"] > 0 for r in section.data["rows"])
+    assert "bf16" in section.markdown and section.data["policy_min_side"] == runtime.CPU_BF16_MIN_SIDE

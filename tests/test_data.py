@@ -201,7 +201,7 @@ def test_stage_replaces_a_corrupt_copy(dataset_dirs, avp_in_mirror) -> None:
 # ----------------------------------------------------------------------------- loaders
 
 
-def test_image_folder_loads_every_mode_as_rgb_and_skips_non_images(dataset_dirs, tiny_data) -> None:
+def test_course_dataset_loads_every_mode_as_rgb_and_skips_non_images(dataset_dirs, tiny_data) -> None:
     root = dataset_dirs.data / "brain-mri"
     (root / "yes").mkdir(parents=True)
     (root / "no").mkdir()
@@ -212,21 +212,21 @@ def test_image_folder_loads_every_mode_as_rgb_and_skips_non_images(dataset_dirs,
     (root / "no" / "3").write_bytes(b"")  # an empty file without extension, as in the mirror
 
     with pytest.warns(data.SkippedFilesWarning, match="skipped 1 of 5 entries"):
-        dataset = data.image_folder("brain-mri")
+        dataset = data.course_dataset("brain-mri")
     assert dataset.classes == ["no", "yes"]
     assert len(dataset) == 4
     for image, _ in dataset:
         assert image.mode == "RGB" and image.size == (8, 8)
     with pytest.raises(ValueError, match="no split"):
-        data.image_folder("brain-mri", split="train")
+        data.course_dataset("brain-mri", split="train")
 
 
-def test_image_folder_needs_a_valid_split_for_avp(dataset_dirs, avp_in_mirror) -> None:
-    train = data.image_folder("alien-vs-predator", split="train")
+def test_course_dataset_needs_a_valid_split_for_avp(dataset_dirs, avp_in_mirror) -> None:
+    train = data.course_dataset("alien-vs-predator", split="train")
     assert isinstance(train, ImageFolder) and train.classes == ["alien", "predator"]
     assert len(train) == 6
     with pytest.raises(ValueError, match="train.*validation"):
-        data.image_folder("alien-vs-predator", split="val")
+        data.course_dataset("alien-vs-predator", split="val")
 
 
 @pytest.mark.parametrize("labels_2d", [False, True], ids=["labels(N,)", "labels(N,1)"])
@@ -360,8 +360,8 @@ def test_real_alien_vs_predator_has_694_200_images_and_two_leaks(tmp_path, monke
     real_mirror_file("alien-vs-predator.zip")
     monkeypatch.setenv("TLCOURSE_DATA_DIR", str(tmp_path / "data"))
     root = data.locate("alien-vs-predator", download=False)
-    train = data.image_folder("alien-vs-predator", "train")
-    validation = data.image_folder("alien-vs-predator", "validation")
+    train = data.course_dataset("alien-vs-predator", "train")
+    validation = data.course_dataset("alien-vs-predator", "validation")
     assert (len(train), len(validation)) == (694, 200)
 
     groups = data.find_duplicates(path for path, _ in train.samples + validation.samples)
@@ -380,7 +380,7 @@ def test_real_brain_mri_has_253_images_all_loadable_as_rgb(tmp_path, monkeypatch
     real_mirror_file("brain-mri.zip")
     monkeypatch.setenv("TLCOURSE_DATA_DIR", str(tmp_path / "data"))
     with pytest.warns(data.SkippedFilesWarning, match="skipped 49 of 302 entries"):
-        dataset = data.image_folder("brain-mri")
+        dataset = data.course_dataset("brain-mri")
     assert Counter(data.targets_of(dataset)) == {0: 98, 1: 155}
     # The odd ones: palette, RGBA and grey files (checked on a few to keep the test fast).
     odd = [i for i, (p, _) in enumerate(dataset.samples) if p.lower().endswith((".png", ".jpeg"))]

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from tlcourse import distributed, train
+from tlcourse import distributed, models, runtime, train
 from tlcourse.distributed import DistEnv, ShardSampler, env_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,15 +61,15 @@ def test_without_torchrun_there_is_no_process_group(monkeypatch):
     assert (distributed.rank(), distributed.world_size()) == (0, 1)
     assert distributed.all_reduce([1, 2.5]) == [1.0, 2.5]
     model = nn.Linear(2, 2)
-    assert distributed.wrap(model, train.device_settings("cpu")) is model  # nothing to wrap
-    loader = distributed.train_loader(TensorDataset(torch.arange(8)), train.device_settings("cpu"), batch_size=4)
+    assert distributed.wrap(model, runtime.device_settings("cpu")) is model  # nothing to wrap
+    loader = distributed.train_loader(TensorDataset(torch.arange(8)), runtime.device_settings("cpu"), batch_size=4)
     assert not isinstance(loader.sampler, DistributedSampler)
     distributed.cleanup()  # harmless
 
 
 def test_epoch_seed_is_unchanged_on_rank_0_and_distinct_elsewhere():
-    assert train.epoch_seed(5, 2) == train.epoch_seed(5, 2, rank=0)
-    assert len({train.epoch_seed(5, 2, rank=r) for r in range(4)}) == 4
+    assert runtime.epoch_seed(5, 2) == runtime.epoch_seed(5, 2, rank=0)
+    assert len({runtime.epoch_seed(5, 2, rank=r) for r in range(4)}) == 4
 
 
 # ------------------------------------------------------------------------------------- samplers
@@ -85,7 +85,7 @@ def test_shard_sampler_covers_every_sample_exactly_once(n, world):
         ShardSampler(ds, num_replicas=world, rank=world)
 
 
-def test_fit_calls_set_epoch_on_the_sampler():
+def test_distributed_callback_calls_set_epoch_on_the_sampler():
     class Sampler(torch.utils.data.Sampler):
         def __init__(self, n):
             self.n, self.epochs = n, []
@@ -102,7 +102,8 @@ def test_fit_calls_set_epoch_on_the_sampler():
     ds = TensorDataset(torch.randn(8, 3, 4, 4), torch.arange(8) % 2)
     sampler = Sampler(8)
     train.fit(nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), DataLoader(ds, batch_size=4, sampler=sampler),
-              DataLoader(ds, batch_size=8), epochs=3, progress=False, device="cpu")
+              DataLoader(ds, batch_size=8), epochs=3, progress=False, device="cpu",
+              callbacks=[distributed.Distributed()])
     assert sampler.epochs == [1, 2, 3]
 
 
@@ -138,7 +139,7 @@ def test_helpers_in_a_process_group(gloo_group, tmp_path, capsys):
     path = distributed.save_on_main({"w": torch.ones(2)}, tmp_path / "ckpt" / "x.pt")
     assert torch.equal(train.load_checkpoint(path)["w"], torch.ones(2))
 
-    settings = train.device_settings("cpu")
+    settings = runtime.device_settings("cpu")
     ds = TensorDataset(torch.arange(10))
     assert isinstance(distributed.train_loader(ds, settings, batch_size=4, seed=3).sampler, DistributedSampler)
     assert distributed.train_loader(ds, settings, batch_size=4, seed=3).sampler.seed == 3
@@ -147,15 +148,13 @@ def test_helpers_in_a_process_group(gloo_group, tmp_path, capsys):
     wrapped = distributed.wrap(model, settings)
     assert isinstance(wrapped, nn.parallel.DistributedDataParallel) and distributed.unwrap(wrapped) is model
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last) is settings.channels_last
-    assert distributed.state_dict_sha256(wrapped) == distributed.state_dict_sha256(model)
+    assert models.state_dict_fingerprint(wrapped) == models.state_dict_fingerprint(model)
 
 
 def test_prepare_model_refuses_a_ddp_model_on_another_device(gloo_group):
     wrapped = nn.parallel.DistributedDataParallel(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="before wrapping"):
-        train.prepare_model(wrapped, train.TrainSettings(
-            device=torch.device("meta"), amp_dtype=None, grad_scaler=False, channels_last=False,
-            non_blocking=False, pin_memory=False, batch_size=1, cudnn_benchmark=False))
+        runtime.DeviceSettings(device=torch.device("meta")).prepare(wrapped)
 
 
 def _net() -> nn.Module:
@@ -179,7 +178,7 @@ def _history(h: train.History) -> list[dict]:
 def test_fit_with_ddp_and_every_distributed_branch_equals_plain_fit(gloo_group, tmp_path, monkeypatch):
     """In a group of one, DDP changes nothing: with fit told there are 2 ranks (so every
     collective, the buffer broadcast and the barrier run), it must give plain fit's numbers."""
-    settings = train.device_settings("cpu")
+    settings = runtime.device_settings("cpu")
     plain = _net()
     loader = DataLoader(_data(), batch_size=8, shuffle=True)
     h_plain = train.fit(plain, loader, DataLoader(_data(), batch_size=12), epochs=2, settings=settings, progress=False)
@@ -188,9 +187,9 @@ def test_fit_with_ddp_and_every_distributed_branch_equals_plain_fit(gloo_group, 
     model = _net()
     ddp = distributed.wrap(model, settings)
     h_ddp = train.fit(ddp, loader, DataLoader(_data(), batch_size=12), epochs=2, settings=settings,
-                      progress=False, checkpoint_dir=tmp_path)
+                      progress=False, checkpoint_dir=tmp_path, callbacks=[distributed.Distributed()])
     assert _history(h_ddp) == _history(h_plain)
-    assert distributed.state_dict_sha256(ddp) == distributed.state_dict_sha256(plain)
+    assert models.state_dict_fingerprint(ddp) == models.state_dict_fingerprint(plain)
     # Checkpoints hold the unwrapped model: they load into a plain one.
     last = train.load_checkpoint(tmp_path / "last.pt", _net())
     assert not any(k.startswith("module.") for k in last["model"]) and last["trainable"][0] == "0.weight"
@@ -199,7 +198,7 @@ def test_fit_with_ddp_and_every_distributed_branch_equals_plain_fit(gloo_group, 
 def test_fit_on_another_rank_prints_and_writes_nothing(gloo_group, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     train.fit(_net(), DataLoader(_data(), batch_size=8), DataLoader(_data(), batch_size=12), epochs=1,
-              device="cpu", progress=True, checkpoint_dir=tmp_path / "ckpt")
+              device="cpu", progress=True, checkpoint_dir=tmp_path / "ckpt", callbacks=[distributed.Distributed()])
     captured = capsys.readouterr()
     assert captured.out == "" and "epoch" not in captured.err
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
@@ -209,16 +208,18 @@ def test_fit_warns_when_padding_biases_validation(gloo_group, monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     val = DataLoader(_data(), batch_size=12)
     # As if a second rank had seen the same samples: sums double, min/max stay.
-    monkeypatch.setattr(train._dist, "all_reduce", lambda values, op="sum", device=None: [
+    monkeypatch.setattr(distributed, "all_reduce", lambda values, op="sum", device=None: [
         float(v) * (2.0 if op == "sum" else 1.0) for v in values])
     # 72 of 36 validation samples is fine: that is every rank validating the full set.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train.fit(_net(), DataLoader(_data(), batch_size=8), val, epochs=1, device="cpu", progress=False)
+        train.fit(_net(), DataLoader(_data(), batch_size=8), val, epochs=1, device="cpu", progress=False,
+                  callbacks=[distributed.Distributed()])
     sampler = DistributedSampler(TensorDataset(torch.arange(35)), num_replicas=2, rank=0, shuffle=False)
     padded = DataLoader(TensorDataset(torch.randn(35, 3, 6, 6), torch.arange(35) % 3), batch_size=8, sampler=sampler)
     with pytest.warns(UserWarning, match="pads"):
-        train.fit(_net(), DataLoader(_data(), batch_size=8), padded, epochs=1, device="cpu", progress=False)
+        train.fit(_net(), DataLoader(_data(), batch_size=8), padded, epochs=1, device="cpu", progress=False,
+                  callbacks=[distributed.Distributed()])
 
 
 # ---------------------------------------------------------------------- two processes, torchrun
@@ -275,7 +276,7 @@ def test_two_processes_end_with_identical_trained_weights(straight_run):
     # rank 0 wrote checkpoints of the unwrapped model, equal to the final weights
     last = train.load_checkpoint(out / "ckpt" / "last.pt")
     assert last["epoch"] == 2 and not any(k.startswith("module.") for k in last["model"])
-    assert distributed.state_dict_sha256(last["model"]) == r0["final_sha256"]
+    assert models.state_dict_fingerprint(last["model"]) == r0["final_sha256"]
 
 
 def test_distributed_sampler_gives_disjoint_shards_each_epoch(straight_run):

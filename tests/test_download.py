@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import tarfile
 import time
 import zipfile
@@ -94,9 +95,9 @@ def test_connection_refused_fails_fast_with_one_line_reason(refused_url: str, tm
 
 def test_unresolvable_host_is_a_download_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def no_dns(*args: object, **kwargs: object) -> None:
-        raise data.socket.gaierror(-2, "Name or service not known")
+        raise socket.gaierror(-2, "Name or service not known")
 
-    monkeypatch.setattr(data.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(data.download.socket, "getaddrinfo", no_dns)
     with pytest.raises(data.DownloadError, match="resolve"):
         data.download_url("https://example.invalid/x.npz", tmp_path / "x.npz", progress=False)
 

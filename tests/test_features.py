@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,9 @@ from torchvision import datasets, transforms
 
 from tlcourse import features as F
 from tlcourse import models
+from tlcourse._io import atomic_save
 from tlcourse.models import BackboneSpec
-from tlcourse.train import save_checkpoint
+from tlcourse.runtime import DeviceSettings, device_settings
 
 TINY = BackboneSpec(
     name="tiny", family="test", arch="tiny", head="fc",
@@ -143,13 +143,23 @@ def test_unknown_stage_is_an_error(folder: Path):
         F.extract_features(make_tiny(), image_folder(folder), layer="block9", progress=False)
 
 
-def test_inference_settings_per_device():
-    cpu = F.inference_settings("cpu")
-    assert cpu.autocast_dtype is None and not cpu.non_blocking and not cpu.pin_memory and cpu.batch_size == 16
-    gpu = F.inference_settings("cuda")
-    assert gpu.autocast_dtype == torch.bfloat16 and gpu.non_blocking and gpu.pin_memory and gpu.batch_size == 256
-    assert F.inference_settings("cpu", batch_size=8).batch_size == 8
-    assert F.inference_settings(None).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+def test_extraction_settings_per_device():
+    cpu = device_settings("cpu", inference=True)
+    assert cpu.amp_dtype is None and not cpu.non_blocking and not cpu.pin_memory and cpu.batch_size == 16
+    gpu = device_settings(torch.device("cuda"), inference=True)
+    assert gpu.amp_dtype in (torch.bfloat16, torch.float16) and gpu.non_blocking and gpu.pin_memory
+    assert gpu.batch_size == 256 and gpu.scaler is None  # inference: no loss scaler
+    assert device_settings("cpu", inference=True, batch_size=8).batch_size == 8
+    assert isinstance(device_settings(None, inference=True), DeviceSettings)
+
+
+def test_extraction_accepts_device_settings(folder: Path):
+    model = make_tiny()
+    ds = image_folder(folder)
+    a, _ = F.extract_features(model, ds, progress=False)
+    b, _ = F.extract_features(model, ds, device=device_settings("cpu", inference=True, batch_size=3,
+                                                                   channels_last=False), progress=False)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +321,7 @@ def test_atomic_save_under_concurrent_rewrites(tmp_path: Path):
     """Readers racing two writers always find a complete file holding one writer's tensor."""
     ctx = mp.get_context("spawn")
     path = tmp_path / "entry.pt"
-    save_checkpoint({"x": torch.zeros(100_000)}, path)
+    atomic_save({"x": torch.zeros(100_000)}, path)
     procs = [ctx.Process(target=_rewrite, args=(str(path), float(v), 6)) for v in (1, 2)]
     for p in procs:
         p.start()
@@ -328,7 +338,7 @@ def test_atomic_save_under_concurrent_rewrites(tmp_path: Path):
 
 def _rewrite(path: str, value: float, times: int) -> None:
     for _ in range(times):
-        save_checkpoint({"x": torch.full((100_000,), value)}, Path(path))
+        atomic_save({"x": torch.full((100_000,), value)}, Path(path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,17 +15,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlcourse import models
+from tlcourse.data import TensorImages, load_images
 from tlcourse.finetune import (
     GradualUnfreezing,
-    TensorImages,
     bn_drift,
     bn_running_stats,
     drift_by_stage,
-    load_images,
     trainable_stages,
 )
 from tlcourse.models import BackboneSpec, freeze_backbone, param_groups, unfreeze
-from tlcourse.train import fit, set_train_mode, train_loop
+from tlcourse.train import fit, set_train_mode, train_one_epoch
 
 NUM_CLASSES = 3
 STAGES = ["stem", "block1", "block2"]
@@ -208,7 +207,7 @@ def test_set_train_mode_keeps_frozen_bn_still_and_lets_trained_bn_move(staged):
     before = bn_running_stats(staged)
     loader = colour_loader()
     optimizer = torch.optim.SGD(param_groups(staged, backbone_lr=0.01, head_lr=0.1), lr=0.01)
-    train_loop(staged, loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"), progress=False)
+    train_one_epoch(staged, loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"))
     drift = bn_drift(before, bn_running_stats(staged))
     assert drift["stem.1"] == 0.0 and drift["block1.1"] == 0.0
     assert drift["block2.1"] > 0.0

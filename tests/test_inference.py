@@ -3,7 +3,6 @@ generated images."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,9 @@ from torch import nn
 
 from tlcourse.inference import (
     export_bundle,
+    export_onnx,
     load_bundle,
+    onnx_metadata,
     predict,
     predict_in_subprocess,
     predict_proba,
@@ -126,3 +127,30 @@ def test_a_fresh_process_gives_identical_predictions(tiny_model, image_files, tm
 def test_the_command_line_prints_usage_without_arguments():
     done = subprocess.run([sys.executable, "-m", "tlcourse.inference"], capture_output=True, text=True)
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_the_onnx_export_predicts_like_pytorch_and_states_its_preprocessing(tiny_model, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = export_onnx(tiny_model, tmp_path / "sub" / "model.onnx", 64, class_names=["alien", "predator"],
+                       preprocessing=PRE, tta="hflip")
+    assert path.is_file() and not [p for p in path.parent.iterdir() if p != path], "written atomically, no leftovers"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 64, 64)  # another batch size than the export's: the batch axis is free
+    (logits,) = session.run(None, {"image": x.numpy()})
+    with torch.inference_mode():
+        expected = tiny_model(x)
+    assert np.abs(logits - expected.numpy()).max() < 1e-4
+    facts = onnx_metadata(session)
+    assert facts == onnx_metadata(path)
+    assert facts["class_names"] == ["alien", "predator"] and facts["tta"] == "hflip" and facts["image_size"] == 64
+    assert facts["preprocessing"] == {"resize": 72, "crop": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                      "interpolation": "bilinear"}
+    assert facts["backbone"] == "efficientnet_lite0"
+    assert not tiny_model.training, "the model's mode is restored"
+
+
+def test_a_failed_onnx_export_leaves_no_file(tmp_path):
+    target = tmp_path / "model.onnx"
+    with pytest.raises(ValueError, match="test-time augmentation"):
+        export_onnx(LeftBright(), target, 8, tta="five-crop")
+    assert not target.exists() and list(tmp_path.iterdir()) == []

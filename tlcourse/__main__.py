@@ -15,10 +15,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tlcourse import data
+from tlcourse.course import run_course
+from tlcourse.environment import report_text
+from tlcourse.models import stage_weights, weights_status
 from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir
+from tlcourse.slides import build_slides
+from tlcourse.tables import table
 
 # Errors a learner can fix (missing files, no network, a corrupt copy); anything else is a bug
 # and keeps its traceback.
@@ -32,48 +36,33 @@ USER_ERRORS = (
 )
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with columns padded to their widest cell."""
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def datasets_table() -> str:
     """Which datasets are present, where, and where they would download from."""
     rows = [
         (row["name"], row["found"] or "missing", row["path"] or row["url"])
         for row in data.status()
     ]
-    return format_table(("dataset", "found", "path (or download source)"), rows)
+    return str(table(rows, ["dataset", "found", "path (or download source)"]))
 
 
-def weights_table() -> str | None:
-    """Which backbone weights are present; None while ``tlcourse.models`` is not available."""
-    try:
-        from tlcourse.models import weights_status
-    except ImportError:
-        return None
+def weights_table() -> str:
+    """Which backbone weights are present, where, and what to do when they are not."""
     rows = [
         (w["backbone"], "yes" if w["present"] else "no", w["location"], w["note"])
         for w in weights_status()
     ]
-    return format_table(("backbone", "present", "location", "note"), rows)
+    return str(table(rows, ["backbone", "present", "location", "note"]))
 
 
 def run_status() -> int:
-    """Print the datasets table and, when the models module exists, the weights table."""
+    """Print the datasets table and the backbone weights table."""
     mirror = mirror_dir()
     print(f"data dir: {data_dir()}")
     print(f"mirror:   {mirror if mirror is not None else f'(none; set {MIRROR_ENV})'}")
     print()
     print(datasets_table())
-    weights = weights_table()
-    if weights is not None:
-        print()
-        print(weights)
+    print()
+    print(weights_table())
     return 0
 
 
@@ -95,8 +84,6 @@ def run_stage(names: Sequence[str], to: str, weights: bool, progress: bool) -> i
     for path in data.stage(names or None, dest, progress=progress):
         print(f"staged {path}")
     if weights:
-        from tlcourse.models import stage_weights
-
         for path in stage_weights(names=None, dest=dest):
             print(f"staged {path}")
     return 0
@@ -104,8 +91,6 @@ def run_stage(names: Sequence[str], to: str, weights: bool, progress: bool) -> i
 
 def run_env() -> int:
     """Print the environment report from :mod:`tlcourse.environment`."""
-    from tlcourse.environment import report_text
-
     print(report_text())
     return 0
 
@@ -114,8 +99,6 @@ def run_course_command(profile: str, names: Sequence[str], html: bool, update: b
     """Execute the notebooks with :func:`tlcourse.course.run_course` and print a timing table."""
     from papermill.exceptions import PapermillExecutionError
 
-    from tlcourse.course import run_course
-
     try:
         rows = run_course(profile, names or None, html=html, update_notebooks=update)
     except PapermillExecutionError as err:
@@ -123,22 +106,18 @@ def run_course_command(profile: str, names: Sequence[str], html: bool, update: b
               f"The partly executed notebook in build/notebooks/ shows where; fix it and run again.",
               file=sys.stderr)
         return 1
-    print(f"\n{'notebook':<28} {'profile':<8} {'seconds':>8}")
-    for row in rows:
-        print(f"{row['notebook']:<28} {row['profile']:<8} {row['seconds']:>8.1f}")
+    print()
+    print(table([{"notebook": r["notebook"], "profile": r["profile"], "seconds": f"{r['seconds']:.1f}"}
+                 for r in rows]))
     return 0
 
 
 def run_slides_command(names: Sequence[str], source: str | None, out: str | None) -> int:
     """Render the notebooks to reveal.js decks with :func:`tlcourse.slides.build_slides`."""
-    from tlcourse.slides import build_slides
-
     rows = build_slides(names or None, out=Path(out).resolve() if out else None,
                         source=Path(source).resolve() if source else None)
-    print(format_table(
-        ("notebook", "slides", "figure slides", "speaker notes", "deck"),
-        [(r["notebook"], r["slides"], r["figure_slides"], r["notes"], r["deck"]) for r in rows],
-    ))
+    print(table([(r["notebook"], r["slides"], r["figure_slides"], r["notes"], r["deck"]) for r in rows],
+                ["notebook", "slides", "figure slides", "speaker notes", "deck"]))
     for row in rows:
         if not row["executed"]:
             print(f"warning: {row['notebook']} has cells without outputs; its deck shows no results. "

@@ -33,54 +33,38 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tlcourse.data import folder_dataset
+from tlcourse.hooks import capture
+from tlcourse.models import DEFAULT_BACKBONE, backbone_spec, build_backbone
+from tlcourse.strategies import (
+    SIMILARITY_BOUNDARY,
+    SIZE_BOUNDARY,
+    STRATEGY_LABELS,
+    TEXTBOOK,
+    quadrant_of,
+    quadrant_title,
+)
+
 __all__ = [
+    "DISTANCE_AT_HALF",
+    "SCORE_SIZE",
     "FolderAdvice",
     "Recommendation",
     "SimilarityScore",
     "advise_folder",
     "advisor_panel",
+    "distance_to_score",
     "matrix_figure",
-    "quadrant_of",
     "recommend",
     "similarity_score",
 ]
 
-#: Fewer images per class than this counts as "small" (the usual rule of thumb).
-SIZE_BOUNDARY = 1000
-#: Scores at or above this count as "similar" to the pretraining data.
-SIMILARITY_BOUNDARY = 0.5
 #: The BatchNorm-statistics distance that maps to a score of 0.5. Calibrated on the course datasets
-#: with EfficientNet-Lite0 at 128 px (notebook 04): photos (Alien vs Predator, CIFAR-10) measured
-#: 0.11 and 0.19, grey scans (brain MRI, BreastMNIST, PneumoniaMNIST) 0.32 to 0.35; 0.25 lies
-#: between them. Another backbone or resolution needs its own calibration.
+#: with EfficientNet-Lite0 at 128 px (notebook 04): it lies between the photos and the grey
+#: scans. Another backbone or resolution needs its own calibration.
 DISTANCE_AT_HALF = 0.25
 #: The input size the score is calibrated at.
 SCORE_SIZE = 128
-
-ADVICE = {
-    "small_similar": ("probe_last",
-                      "Little data, familiar images: the pretrained top-layer features already describe "
-                      "them. Freeze the backbone and train a linear classifier on its last features; "
-                      "training more weights than that mostly overfits."),
-    "large_similar": ("full_ft",
-                      "Plenty of data, familiar images: there is enough data to adapt the network without "
-                      "overfitting. Fine-tune the top stages or the whole network from the pretrained "
-                      "weights, with a low learning rate on the pretrained layers."),
-    "small_dissimilar": ("probe_early",
-                         "Little data, unfamiliar images: the deepest features are specific to ImageNet's "
-                         "objects, and there is too little data to retrain them. Use a classifier on "
-                         "earlier-layer features, or a careful partial fine-tune with augmentation."),
-    "large_dissimilar": ("full_ft",
-                         "Plenty of data, unfamiliar images: retrain the whole network, but start from the "
-                         "pretrained weights (they converge faster than random ones), with a low learning "
-                         "rate on the pretrained layers."),
-}
-ALTERNATIVES = {
-    "small_similar": ("partial_ft",),
-    "large_similar": ("partial_ft",),
-    "small_dissimilar": ("partial_ft",),
-    "large_dissimilar": ("partial_ft",),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,36 +72,25 @@ ALTERNATIVES = {
 # --------------------------------------------------------------------------------------------
 
 
-def quadrant_of(n_per_class: float, similarity: float, *, size_boundary: float = SIZE_BOUNDARY,
-                similarity_boundary: float = SIMILARITY_BOUNDARY) -> str:
-    """``"small_similar"`` etc. ``n_per_class >= size_boundary`` is large; ``similarity >=
-    similarity_boundary`` is similar (both boundaries belong to the upper side)."""
-    if not (isinstance(n_per_class, (int, float, np.integer, np.floating)) and n_per_class > 0):
-        raise ValueError(f"n_per_class must be a positive number of images per class, got {n_per_class!r}")
-    if not (isinstance(similarity, (int, float, np.integer, np.floating)) and 0.0 <= similarity <= 1.0):
-        raise ValueError(f"similarity must lie in [0, 1] (see similarity_score), got {similarity!r}")
-    size = "large" if n_per_class >= size_boundary else "small"
-    sim = "similar" if similarity >= similarity_boundary else "dissimilar"
-    return f"{size}_{sim}"
-
-
 @dataclass(frozen=True)
 class Recommendation:
-    """What :func:`recommend` advises, and why."""
+    """What :func:`recommend` advises, and why.
 
-    strategy: str  # one of tlcourse.decision_matrix.STRATEGIES
+    ``alternatives`` are the textbook's other strategies for the quadrant; ``measured_winner``
+    is the strategy that won the quadrant in a measurement (notebook 04), when given.
+    """
+
+    strategy: str  # one of tlcourse.strategies.STRATEGIES
     quadrant: str
     explanation: str
     n_per_class: float
     similarity: float
     alternatives: tuple[str, ...] = ()
-    measured_winner: str | None = None  # the strategy that won this quadrant in notebook 04's runs
+    measured_winner: str | None = None
 
     def __str__(self) -> str:
-        from tlcourse.decision_matrix import STRATEGY_LABELS
-
         lines = [f"{self.n_per_class:g} images/class, similarity {self.similarity:.2f} -> quadrant "
-                 f"{self.quadrant.replace('_', ' & ')}",
+                 + quadrant_title(self.quadrant),
                  f"recommended: {STRATEGY_LABELS.get(self.strategy, self.strategy)}",
                  f"why: {self.explanation}"]
         if self.alternatives:
@@ -140,10 +113,10 @@ def recommend(n_per_class: float, similarity: float, *, size_boundary: float = S
     """
     quadrant = quadrant_of(n_per_class, similarity, size_boundary=size_boundary,
                            similarity_boundary=similarity_boundary)
-    strategy, explanation = ADVICE[quadrant]
-    return Recommendation(strategy=strategy, quadrant=quadrant, explanation=explanation,
+    advice = TEXTBOOK[quadrant]
+    return Recommendation(strategy=advice.choice, quadrant=quadrant, explanation=advice.why,
                           n_per_class=float(n_per_class), similarity=float(similarity),
-                          alternatives=ALTERNATIVES[quadrant],
+                          alternatives=advice.strategies[1:],
                           measured_winner=(measured or {}).get(quadrant))
 
 
@@ -168,10 +141,8 @@ def distance_to_score(distance: float, distance_at_half: float = DISTANCE_AT_HAL
     return float(2.0 ** (-max(distance, 0.0) / distance_at_half))
 
 
-def _score_transform(model: nn.Module, size: int):
-    from tlcourse.models import get_spec
-
-    pre = get_spec(model).preprocessing()
+def _score_transform(model: nn.Module, size: int) -> Callable[[Any], torch.Tensor]:
+    pre = backbone_spec(model).preprocessing()
     return type(pre)(resize=size, crop=size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation).eval_transform()
 
 
@@ -192,6 +163,14 @@ class _Mapped(Dataset):
         return self.transform(x), y
 
 
+def _channel_moments(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``[sum, sum of squares, count]`` (3, C) of a BatchNorm layer's input."""
+    x = x.double()
+    dims = [0, *range(2, x.dim())]
+    total = x.sum(dims)
+    return torch.stack([total, (x * x).sum(dims), torch.full_like(total, x.numel() // x.shape[1])])
+
+
 def similarity_score(model: nn.Module | str, dataset: Dataset, *, max_images: int = 200, size: int = SCORE_SIZE,
                      seed: int = 0, batch_size: int = 50, distance_at_half: float = DISTANCE_AT_HALF) -> SimilarityScore:
     """Score ``dataset`` (items ``(PIL image or tensor, label)``) against the backbone's pretraining data.
@@ -202,8 +181,6 @@ def similarity_score(model: nn.Module | str, dataset: Dataset, *, max_images: in
     input are compared with the stored running statistics: ``((mu - mu_IN)^2 + (sd - sd_IN)^2) /
     var_IN``, averaged over channels, then ``log1p`` and averaged over layers.
     """
-    from tlcourse.models import build_backbone
-
     if isinstance(model, str):
         model = build_backbone(model)
     n = len(dataset)  # type: ignore[arg-type]
@@ -213,36 +190,26 @@ def similarity_score(model: nn.Module | str, dataset: Dataset, *, max_images: in
         order = np.random.default_rng(seed).permutation(n)[:max_images]
         dataset = Subset(dataset, sorted(int(i) for i in order))
     data = _Mapped(dataset, lambda: _score_transform(model, size))
-    bns = [(name, m) for name, m in model.named_modules()
-           if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    bns = {name: m for name, m in model.named_modules()
+           if isinstance(m, _BatchNorm) and m.running_mean is not None}
     if not bns:
         raise ValueError("similarity_score needs a backbone with BatchNorm running statistics")
-    sums: dict[str, list[torch.Tensor]] = {name: [] for name, _ in bns}
-
-    def hook(name: str):
-        def record(_m, args):
-            x = args[0].double()
-            dims = [0] + list(range(2, x.dim()))
-            count = x.numel() // x.shape[1]
-            sums[name].append(torch.stack([x.sum(dims), (x * x).sum(dims), torch.full_like(x.sum(dims), count)]))
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in bns]
+    sums: dict[str, list[torch.Tensor]] = {name: [] for name in bns}
     was_training = model.training
     model.eval()
     confidences = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), capture(model, bns, inputs=True, pool=_channel_moments) as moments:
             for x, _ in DataLoader(data, batch_size=batch_size):
                 out = model(x)
+                for name in bns:
+                    sums[name].append(moments.outputs[name])
                 if out.dim() == 2 and out.shape[1] > 1:
                     confidences.append(out.softmax(1).max(1).values)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     per_layer = []
-    for name, m in bns:
+    for name, m in bns.items():
         total = torch.stack(sums[name]).sum(0)
         mean = total[0] / total[2]
         var = (total[1] / total[2] - mean * mean).clamp_min(0)
@@ -276,7 +243,7 @@ class FolderAdvice:
         return f"classes: {counts}{skipped}\n{self.recommendation}"
 
 
-def advise_folder(path: str | os.PathLike[str], *, model: nn.Module | str = "efficientnet_lite0",
+def advise_folder(path: str | os.PathLike[str], *, model: nn.Module | str = DEFAULT_BACKBONE,
                   scorer: Callable[[Dataset], float] | None = None, max_images: int = 200, seed: int = 0,
                   measured: Mapping[str, str] | None = None, **boundaries: float) -> FolderAdvice:
     """Count the images per class in ``path/<class>/<image>``, score the similarity, recommend.
@@ -285,9 +252,7 @@ def advise_folder(path: str | os.PathLike[str], *, model: nn.Module | str = "eff
     class. ``scorer(dataset) -> float in [0, 1]`` replaces :func:`similarity_score` (tests use a
     fake; you might use another backbone's calibrated score). ``boundaries`` go to :func:`recommend`.
     """
-    from tlcourse.data import load_image_folder
-
-    dataset = load_image_folder(path, warn=False)
+    dataset = folder_dataset(path, warn=False)
     counts = dataset.scan.counts()
     used = {k: v for k, v in counts.items() if v > 0}
     n_per_class = min(used.values())
@@ -317,8 +282,6 @@ def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | 
     with a star; ``datasets`` marks several with labelled dots; ``measured`` adds each quadrant's
     measured winner under the advice.
     """
-    from tlcourse.decision_matrix import STRATEGY_LABELS
-
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
     lo, hi = _N_RANGE
@@ -336,7 +299,7 @@ def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | 
         ax.add_patch(Rectangle((x, y), w, h, facecolor="tab:orange" if on else "0.93", alpha=0.35 if on else 1,
                                edgecolor="tab:red" if on else "white", lw=3 if on else 1, zorder=0))
         cx = math.sqrt(x * (x + w))
-        text = f"{quadrant.replace('_', ' & ')}\ntextbook: {STRATEGY_LABELS[ADVICE[quadrant][0]]}"
+        text = f"{quadrant_title(quadrant)}\ntextbook: {STRATEGY_LABELS[TEXTBOOK[quadrant].choice]}"
         if measured and quadrant in measured:
             text += f"\nmeasured: {STRATEGY_LABELS.get(measured[quadrant], measured[quadrant])}"
         ax.text(cx, y + h - 0.03, text, ha="center", va="top", fontsize=8,

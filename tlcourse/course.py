@@ -1,6 +1,8 @@
-"""Run the course: execute every notebook with papermill, then render it to HTML.
+"""Set up a lesson, and run the course: execute every notebook with papermill, render it to HTML.
 
-``python -m tlcourse course`` (and ``make course``) calls :func:`run_course`. The executed
+A notebook's first code cell after its parameters calls :func:`setup`: profile, device, CPU
+threads, seed and the environment report in one line. ``python -m tlcourse course`` (and
+``make course``) calls :func:`run_course`. The executed
 notebooks land in ``build/notebooks/``, their HTML in ``build/html/``, and the wall time and peak
 memory of each run in ``build/metrics/course-<profile>.json``.
 """
@@ -13,10 +15,64 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
+from tlcourse.environment import report_text
 from tlcourse.paths import build_dir, project_root
+from tlcourse.results import PROFILE_ENV, resolve_profile
+from tlcourse.runtime import DeviceSettings, apply_thread_policy, device_settings, seed_everything
+
+
+@dataclass
+class Lesson:
+    """What :func:`setup` chose for a notebook: its profile's knobs, device and threads.
+
+    ``lesson["EPOCHS"]`` reads a knob; ``results`` collects the numbers the notebook records
+    at its end.
+    """
+
+    profile: str
+    cfg: dict[str, Any]
+    settings: DeviceSettings
+    threads: int
+    seed: int
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.settings.device
+
+    def __getitem__(self, knob: str) -> Any:
+        return self.cfg[knob]
+
+
+def setup(profile: str, profiles: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any] | None = None, *,
+          device: str | None = None, threads: int | None = None, seed: int = 0, quiet: bool = False) -> Lesson:
+    """Apply a notebook's profile, device, CPU-thread policy and seed; print where it runs.
+
+    ``$TLCOURSE_PROFILE`` overrides ``profile`` (CI's nbval runs set it). Every knob of the
+    profile that ``params`` (pass ``globals()``: the parameters cell) sets to something other
+    than ``None`` wins over the profile. A profile may set ``THREADS``; see
+    :func:`tlcourse.runtime.apply_thread_policy`.
+    """
+    profile = os.environ.get(PROFILE_ENV, profile)
+    if profile not in profiles:
+        raise ValueError(f"Unknown profile {profile!r}; this notebook has profiles: {', '.join(profiles)}")
+    overrides = {k: params[k] for k in profiles[profile] if params is not None and k in params}
+    cfg = resolve_profile(profile, profiles, **overrides)
+    settings = device_settings(device)
+    wanted = threads if threads is not None else cfg.get("THREADS")
+    used = apply_thread_policy(wanted or None) if settings.device.type == "cpu" else torch.get_num_threads()
+    seed_everything(seed)
+    if not quiet:
+        print(report_text())
+        print(f"profile {profile}, device {settings.device}, {used} CPU thread(s), seed {seed}")
+    return Lesson(profile=profile, cfg=cfg, settings=settings, threads=used, seed=seed)
 
 
 def notebooks(folder: Path | None = None) -> list[Path]:
@@ -33,13 +89,15 @@ def execute_notebook(
     kernel_name: str = "python3",
     progress: bool = True,
     cell_timeout: float | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> float:
     """Execute one notebook with papermill into ``output``; returns the wall time in seconds.
 
     The default profile injects nothing, so the executed notebook is exactly the lesson as a
     learner sees it; other profiles are injected as ``PROFILE = "<name>"`` after the parameters cell.
     ``cell_timeout`` (seconds) turns a cell that never finishes into an error naming that cell,
-    instead of a run that hangs (CI uses it; ``None`` waits forever).
+    instead of a run that hangs (CI uses it; ``None`` waits forever). ``parameters`` are
+    injected too (for example ``{"BACKBONE": "resnet18"}``).
     """
     import papermill as pm
 
@@ -50,7 +108,7 @@ def execute_notebook(
         pm.execute_notebook(
             str(path),
             str(output),
-            parameters={} if profile == "default" else {"PROFILE": profile},
+            parameters={**({} if profile == "default" else {"PROFILE": profile}), **(parameters or {})},
             kernel_name=kernel_name,
             cwd=str(path.parent),
             progress_bar=progress,
@@ -64,8 +122,8 @@ def execute_notebook(
 
 def render_html(notebook: Path, output: Path) -> Path:
     """Render an executed notebook to a standalone HTML page (images embedded)."""
-    from nbconvert import HTMLExporter
     import nbformat
+    from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,11 @@ redraw the figure without training anything.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,9 +39,20 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tlcourse import features, models
-from tlcourse.finetune import TensorImages
-from tlcourse.train import seed_everything, train_loop
+from tlcourse import evaluation, features, models, tables
+from tlcourse._io import atomic_write_text
+from tlcourse.data import TensorImages
+from tlcourse.runtime import seed_everything
+from tlcourse.strategies import (
+    QUADRANTS,
+    STRATEGIES,
+    STRATEGY_LABELS,
+    TEXTBOOK,
+    TRAINED,
+    agrees_with_textbook,
+    quadrant_title,
+)
+from tlcourse.train import train_one_epoch
 
 __all__ = [
     "QUADRANTS",
@@ -51,35 +65,11 @@ __all__ = [
     "probe_accuracy",
     "save_results",
     "summarize",
+    "summary_rows",
     "train_strategy",
+    "verdict",
     "winners",
 ]
-
-#: Quadrant keys, in the order of the 2x2 panel: top row similar, left column small.
-QUADRANTS = ("small_similar", "large_similar", "small_dissimilar", "large_dissimilar")
-STRATEGIES = ("probe_last", "probe_early", "partial_ft", "full_ft", "scratch")
-STRATEGY_LABELS = {
-    "probe_last": "linear probe, last layer",
-    "probe_early": "linear probe, earlier stage",
-    "partial_ft": "partial fine-tune (top stages)",
-    "full_ft": "full fine-tune",
-    "scratch": "from scratch (baseline)",
-}
-#: The textbook advice per quadrant (cs231n, Chollet, and most tutorials since): the strategies
-#: it recommends. The measured winner is compared with these.
-TEXTBOOK: dict[str, tuple[str, ...]] = {
-    "small_similar": ("probe_last",),
-    "large_similar": ("partial_ft", "full_ft"),
-    "small_dissimilar": ("probe_early", "partial_ft"),
-    "large_dissimilar": ("full_ft",),
-}
-TRAINED = ("partial_ft", "full_ft", "scratch")
-
-
-def quadrant_title(quadrant: str) -> str:
-    size, sim = quadrant.split("_")
-    return f"{size} & {sim}"
-
 
 # --------------------------------------------------------------------------------------------
 # Strategies
@@ -128,8 +118,9 @@ def train_strategy(
     Adam, with the pretrained layers at ``backbone_lr`` (10x below the new head's ``head_lr``:
     large updates would overwrite the features that make pretraining worth having). ``scratch``
     has nothing to preserve and trains every weight at ``scratch_lr``. Frozen BatchNorm layers
-    stay in eval mode (``tlcourse.train.set_train_mode``). Returns ``{"accuracy", "train_accuracy",
-    "seconds", "trainable"}``.
+    stay in eval mode (``tlcourse.train.set_train_mode``). Returns ``{"accuracy", "correct",
+    "train_accuracy", "majority_prediction_share", "seconds", "trainable"}``; ``correct`` holds one
+    bool per test image, for paired comparisons (:func:`tlcourse.evaluation.compare`).
     """
     seed_everything(seed)
     n_classes = len(set(train_set.targets))
@@ -147,10 +138,10 @@ def train_strategy(
     start = time.perf_counter()
     stats = None
     for _ in range(epochs):
-        stats = train_loop(model, loader, loss_fn, optimizer, device, progress=False)
+        stats = train_one_epoch(model, loader, loss_fn, optimizer, device)
     predictions = predict(model, test_set, device=device)
-    targets = torch.as_tensor(test_set.targets)
-    return {"accuracy": float((predictions == targets).float().mean()),
+    correct = predictions == torch.as_tensor(test_set.targets)
+    return {"accuracy": float(correct.float().mean()), "correct": correct.tolist(),
             "train_accuracy": stats.accuracy if stats else float("nan"),
             # A network that outputs one class for every image scores exactly the class share:
             # this says when an accuracy of 50% means "collapsed" rather than "learned a little".
@@ -175,9 +166,12 @@ def predict(model: nn.Module, dataset: TensorImages, *, device: str | torch.devi
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{quadrant: {strategy: {"mean", "std", "n", "values"}}}`` over seeds.
+    """``{quadrant: {strategy: {"mean", "std", "low", "high", "n", "values"}}}`` over seeds.
 
-    ``std`` is the population standard deviation over seeds (0 for a single seed).
+    ``std`` is the sample standard deviation over seeds (ddof=1) and ``low``/``high`` the 95%
+    Student t interval of the mean (:func:`tlcourse.evaluation.seeds_ci`); all three are NaN for a
+    single seed, which measures no spread. The test set is the same for every seed, so these
+    intervals hold the seed-to-seed variation only, not the noise of a finite test set.
     """
     grouped: dict[str, dict[str, list[float]]] = {}
     for row in rows:
@@ -188,9 +182,29 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
         by_strategy = grouped[quadrant]
         for strategy in [s for s in STRATEGIES if s in by_strategy] + [s for s in by_strategy if s not in STRATEGIES]:
             values = by_strategy[strategy]
-            out[quadrant][strategy] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+            est = evaluation.seeds_ci(values)
+            out[quadrant][strategy] = {"mean": est.value, "std": est.std, "low": est.low, "high": est.high,
                                        "n": len(values), "values": values}
     return out
+
+
+def summary_rows(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, str]]:
+    """One row per quadrant, one column per strategy: "mean ± sd" in percent (sd in points).
+
+    Ready for :func:`tlcourse.tables.table`; a single seed shows its mean alone.
+    """
+    rows = []
+    for quadrant, table in summary.items():
+        row = {"quadrant": quadrant}
+        for s in STRATEGIES:
+            if s not in table:
+                row[s] = "-"
+            elif math.isnan(table[s]["std"]):
+                row[s] = f"{100 * table[s]['mean']:.1f}"
+            else:
+                row[s] = f"{100 * table[s]['mean']:.1f} ± {100 * table[s]['std']:.1f}"
+        rows.append(row)
+    return rows
 
 
 def winners(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, str]:
@@ -199,28 +213,22 @@ def winners(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str,
             for q, table in summary.items()}
 
 
-def agrees_with_textbook(quadrant: str, strategy: str) -> bool:
-    return strategy in TEXTBOOK.get(quadrant, ())
-
-
 def verdict(quadrant: str, table: Mapping[str, Mapping[str, Any]]) -> str:
     """How the measured winner compares with the textbook's best strategy in one quadrant.
 
-    A lead smaller than the largest seed spread (std) of the two is called a tie: one seed more
-    could reverse it. With a single seed there is no spread, and any lead counts.
+    When the highest mean is not a textbook strategy, the two are compared over seeds with
+    :func:`tlcourse.evaluation.compare_seeds` (Welch t-test): the sentence says "better by x
+    points (95% CI ...)" only when the interval excludes zero, "no measurable difference"
+    otherwise, and "one seed, no interval" when there is nothing to measure a spread with.
     """
     winner = max(table, key=lambda s: table[s]["mean"])
     if agrees_with_textbook(quadrant, winner):
-        return "winner agrees with the textbook (★)"
-    candidates = [s for s in TEXTBOOK.get(quadrant, ()) if s in table]
+        return f"the highest mean, {winner}, is a textbook strategy (★)"
+    candidates = [s for s in TEXTBOOK[quadrant].strategies if s in table] if quadrant in TEXTBOOK else []
     if not candidates:
         return "textbook strategy not measured"
     textbook = max(candidates, key=lambda s: table[s]["mean"])
-    lead = table[winner]["mean"] - table[textbook]["mean"]
-    spread = max(table[winner]["std"], table[textbook]["std"])
-    if lead <= spread:
-        return f"textbook (★) ties with the winner (lead {lead:.1%} ≤ spread {spread:.1%})"
-    return f"winner beats the textbook (★) by {lead:.1%}"
+    return evaluation.compare_seeds(winner, table[winner]["values"], f"{textbook} (★)", table[textbook]["values"])
 
 
 _CSV_FIELDS = ("quadrant", "domain", "dataset", "n_per_class", "strategy", "seed", "accuracy", "seconds")
@@ -233,18 +241,13 @@ def save_results(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
     Both files are replaced atomically. Returns ``(json_path, csv_path)``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"meta": dict(meta or {}), "rows": [dict(r) for r in rows]}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=float))
-    os.replace(tmp, path)
-    csv_path = path.with_suffix(".csv")
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    atomic_write_text(path, json.dumps(doc, indent=1, default=float))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = atomic_write_text(path.with_suffix(".csv"), table.getvalue())
     return path, csv_path
 
 
@@ -266,7 +269,7 @@ SCRATCH_COLOR = "0.6"
 
 
 def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
-    """The 2x2 panel: per quadrant, every strategy's accuracy (mean, seeds as dots, +-1 std).
+    """The 2x2 panel: per quadrant, every strategy's accuracy (mean, seeds as dots, +-1 sample std).
 
     ``results`` is what :func:`load_results` returns (or just its rows). The measured winner is
     orange; the strategies the textbook recommends for that quadrant are marked with a star.
@@ -279,7 +282,7 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
     info = {}
     for row in rows:
         info.setdefault(row["quadrant"], (row.get("dataset", ""), row.get("n_per_class", "")))
-    fig = Figure(figsize=(11, 6.4))
+    fig = Figure(figsize=(11, 7.4))
     axes = fig.subplots(2, 2, sharex=True)
     for ax, quadrant in zip(axes.flat, QUADRANTS):
         table = summary.get(quadrant)
@@ -290,7 +293,7 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
         names = list(table)
         y = np.arange(len(names))[::-1]
         means = np.array([table[s]["mean"] for s in names])
-        stds = np.array([table[s]["std"] for s in names])
+        stds = np.nan_to_num(np.array([table[s]["std"] for s in names]))  # one seed: no whisker
         colors = [WIN_COLOR if s == best[quadrant] else SCRATCH_COLOR if s == "scratch" else BAR_COLOR for s in names]
         ax.barh(y, means, xerr=stds, color=colors, alpha=0.85, capsize=3)
         for yi, s in zip(y, names):
@@ -301,7 +304,8 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
         labels = [("★ " if agrees_with_textbook(quadrant, s) else "") + STRATEGY_LABELS.get(s, s) for s in names]
         ax.set_yticks(y, labels, fontsize=8)
         dataset, n = info[quadrant]
-        ax.set_title(f"{quadrant_title(quadrant)}: {dataset}, {n}/class\n{verdict(quadrant, table)}", fontsize=9)
+        ax.set_title(f"{quadrant_title(quadrant)}: {dataset}, {n}/class\n"
+                     + textwrap.fill(verdict(quadrant, table), 75), fontsize=8)
         ax.set_xlim(0, 1)
         ax.axvline(0.5, color="0.8", lw=0.8, ls=":")
     for ax in axes[1]:
@@ -315,16 +319,6 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
 
 
 def format_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """The summary as a fixed-width text table: quadrant rows, strategy columns, mean ± std."""
-    head = f"{'quadrant':<18}" + "".join(f"{s:>16}" for s in STRATEGIES)
-    lines = [head]
-    for quadrant, table in summary.items():
-        cells = []
-        for s in STRATEGIES:
-            if s in table:
-                cells.append(f"{table[s]['mean']:.1%} ± {table[s]['std']:.1%}".rjust(16))
-            else:
-                cells.append("-".rjust(16))
-        lines.append(f"{quadrant:<18}" + "".join(cells))
-    return "\n".join(lines)
+    """The summary as a fixed-width text table (for scripts): :func:`summary_rows`, aligned."""
+    return str(tables.table(summary_rows(summary)))
 

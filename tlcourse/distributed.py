@@ -3,14 +3,16 @@
 One process per GPU (or per CPU slot), each with a full copy of the model and its own shard of
 the training data; after every backward pass DDP averages the gradients over the processes, so
 the copies stay identical. ``fit`` (:mod:`tlcourse.train`) is the same training loop as on one
-device; this module holds the pieces around it::
+device; this module holds the pieces around it, and the :class:`Distributed` callback that
+plugs them into ``fit``::
 
     ctx = distributed.init_from_env()              # reads torchrun's RANK, WORLD_SIZE, ...
-    settings = train.device_settings(ctx.device)
+    settings = runtime.device_settings(ctx.device)
     model = distributed.wrap(model, settings)      # device + channels_last, then DDP
     train_dl = distributed.train_loader(train_ds, settings, batch_size=64, seed=0)
     val_dl = distributed.eval_loader(val_ds, settings, batch_size=256)
-    history = train.fit(model, train_dl, val_dl, epochs=3, settings=settings, checkpoint_dir=...)
+    history = train.fit(model, train_dl, val_dl, epochs=3, settings=settings,
+                        callbacks=[distributed.Distributed()], checkpoint_dir=...)
     distributed.cleanup()
 
 Run it with ``torchrun --standalone --nproc_per_node=N script.py`` (``scripts/finetune_ddp.py``
@@ -26,14 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import socket
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -41,11 +42,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-if TYPE_CHECKING:  # tlcourse.train imports this module; import it back lazily
-    from tlcourse.train import TrainSettings
+from tlcourse._io import atomic_save
+from tlcourse.runtime import DeviceSettings, make_loader, select_device
+from tlcourse.train import Callback, EpochStats, Run
 
 __all__ = [
     "DistContext",
+    "Distributed",
     "DistEnv",
     "ShardSampler",
     "all_reduce",
@@ -61,7 +64,6 @@ __all__ = [
     "print0",
     "rank",
     "save_on_main",
-    "state_dict_sha256",
     "train_loader",
     "unwrap",
     "world_size",
@@ -197,8 +199,6 @@ def init_from_env(
     Raises:
         RuntimeError: more local processes than GPUs.
     """
-    from tlcourse.train import select_device
-
     env = env_info()
     if env is None:
         return DistContext(rank=0, local_rank=0, world_size=1, device=select_device(device), backend=None)
@@ -244,7 +244,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def wrap(model: nn.Module, settings: TrainSettings, *, sync_batchnorm: bool = False, **ddp_kwargs: Any) -> nn.Module:
+def wrap(model: nn.Module, settings: DeviceSettings, *, sync_batchnorm: bool = False, **ddp_kwargs: Any) -> nn.Module:
     """Prepare ``model`` for ``settings`` (device, channels_last) and wrap it in DDP.
 
     Without a process group the prepared model comes back unwrapped. DDP broadcasts rank 0's
@@ -254,11 +254,9 @@ def wrap(model: nn.Module, settings: TrainSettings, *, sync_batchnorm: bool = Fa
     ``ddp_kwargs`` go to ``DistributedDataParallel`` (e.g. ``find_unused_parameters=True`` when
     some trainable layers are skipped in forward).
     """
-    from tlcourse.train import prepare_model
-
     if sync_batchnorm and settings.device.type == "cuda" and is_distributed():
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    prepare_model(model, settings)
+    settings.prepare(model)
     if not is_distributed():
         return model
     device_ids = [settings.device.index] if settings.device.type == "cuda" else None
@@ -287,7 +285,7 @@ class ShardSampler(Sampler[int]):
 
 def train_loader(
     dataset: Dataset,
-    settings: TrainSettings,
+    settings: DeviceSettings,
     *,
     batch_size: int | None = None,
     seed: int = 0,
@@ -302,10 +300,8 @@ def train_loader(
     into disjoint shards (padded with repeats so that all ranks run the same number of steps,
     which DDP needs). ``batch_size`` is per process: the global batch is ``world_size`` times it.
     Without: ordinary shuffling with the loader's own generator (re-seeded by ``fit``).
-    Pinned memory follows ``settings`` (:func:`tlcourse.train.make_loader`).
+    Pinned memory follows ``settings`` (:func:`tlcourse.runtime.make_loader`).
     """
-    from tlcourse.train import make_loader
-
     if is_distributed():
         sampler: DistributedSampler[Any] = DistributedSampler(
             dataset, num_replicas=world_size(), rank=rank(), shuffle=True,
@@ -319,7 +315,7 @@ def train_loader(
 
 def eval_loader(
     dataset: Dataset,
-    settings: TrainSettings,
+    settings: DeviceSettings,
     *,
     batch_size: int | None = None,
     num_workers: int = 0,
@@ -327,8 +323,6 @@ def eval_loader(
 ) -> DataLoader:
     """An evaluation loader; in a process group, over this rank's :class:`ShardSampler` shard
     (every sample exactly once over all ranks; ``fit`` sums the ranks' counts)."""
-    from tlcourse.train import make_loader
-
     sampler: ShardSampler | None = ShardSampler(dataset) if is_distributed() else None
     return make_loader(dataset, settings, batch_size=batch_size, sampler=sampler,
                        num_workers=num_workers, **kwargs)
@@ -414,35 +408,87 @@ def print0(*args: Any, **kwargs: Any) -> None:
 
 
 def save_on_main(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Rank 0 writes ``obj`` atomically (:func:`tlcourse.train.save_checkpoint`); every rank
+    """Rank 0 writes ``obj`` atomically (:func:`tlcourse._io.atomic_save`); every rank
     then waits at a barrier, so the file is complete when any rank returns. Call it on all ranks."""
-    from tlcourse.train import save_checkpoint
-
     path = Path(path)
     try:
         if is_main_process():
-            save_checkpoint(obj, path)
+            atomic_save(obj, path)
     finally:
         barrier()
     return path
 
 
 # --------------------------------------------------------------------------------------------
-# Comparing ranks
+# The fit callback
 # --------------------------------------------------------------------------------------------
 
 
-def state_dict_sha256(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> str:
-    """A SHA-256 of a model's weights and buffers (names, dtypes, shapes, values; not the memory
-    format), to check that ranks ended with identical models. DDP wrappers are looked through."""
-    state = unwrap(model_or_state).state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name]
-        if not isinstance(tensor, torch.Tensor):
-            warnings.warn(f"state_dict_sha256: {name} is not a tensor; skipped", stacklevel=2)
-            continue
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch`` on the loader's sampler (a ``DistributedSampler`` reshuffles with it)."""
+    samplers = {id(s): s for s in (getattr(loader, "sampler", None),
+                                   getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+                if s is not None and callable(getattr(s, "set_epoch", None))}
+    for sampler in samplers.values():
+        sampler.set_epoch(epoch)
+
+
+class Distributed(Callback):
+    """Plugs ``fit`` into a ``torchrun`` process group; harmless in a single process.
+
+    Each rank gets its own per-epoch seed and only rank 0 shows progress and writes checkpoints;
+    ``DistributedSampler``s get ``set_epoch``; after training, rank 0's BatchNorm statistics go
+    to every rank (so all ranks validate and keep the weights rank 0 saves); the epoch's loss,
+    accuracy and counts are summed over the ranks; a barrier at the end makes rank 0's files
+    complete before ``fit`` returns anywhere. Unfreezing layers during a DDP run is not
+    supported: DDP fixes the trainable parameters when it wraps the model.
+    """
+
+    order = -10  # before Checkpoints, which must know the rank
+
+    def on_fit_start(self, run: Run) -> None:
+        run.rank = rank()
+        run.reduce = lambda values, op: all_reduce(values, op=op, device=run.settings.device)
+
+    def on_epoch_start(self, run: Run) -> None:
+        _set_sampler_epoch(run.train_loader, run.epoch)
+        _set_sampler_epoch(run.val_loader, run.epoch)
+
+    def after_train(self, run: Run, stats: EpochStats) -> EpochStats:
+        broadcast_buffers(run.core)
+        return self._summed(run, stats)
+
+    def after_eval(self, run: Run, stats: EpochStats) -> EpochStats:
+        stats = self._summed(run, stats)
+        if run.epoch == run.start_epoch:
+            _warn_if_val_not_covered(run.val_loader, stats.n, world_size())
+        return stats
+
+    def on_fit_end(self, run: Run) -> None:
+        barrier()
+
+    @staticmethod
+    def _summed(run: Run, stats: EpochStats) -> EpochStats:
+        """``stats`` summed over the ranks (the slowest rank's time)."""
+        if world_size() == 1:
+            return stats
+        loss_sum, correct, n = run.reduce([stats.loss * stats.n, round(stats.accuracy * stats.n), stats.n], "sum")
+        seconds = run.reduce([stats.seconds], "max")[0]
+        total = int(round(n))
+        return EpochStats(loss=loss_sum / total, accuracy=round(correct) / total, n=total, seconds=seconds)
+
+
+def _warn_if_val_not_covered(val_loader: Any, n: int, world: int) -> None:
+    try:
+        size = len(val_loader.dataset)
+    except (AttributeError, TypeError):
+        return
+    if n not in (size, world * size):
+        warnings.warn(
+            f"The ranks validated {n} samples in all, but the validation set has {size}: a "
+            "DistributedSampler pads (or drops) samples so that every rank gets the same number, "
+            "which biases the metrics. Use tlcourse.distributed.eval_loader (disjoint shards, "
+            "no padding) or give every rank the full validation set.",
+            UserWarning,
+            stacklevel=4,
+        )

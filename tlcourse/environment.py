@@ -11,20 +11,21 @@ import platform
 import sys
 from typing import Any
 
+import timm
 import torch
+import torchvision
+
+from tlcourse import data, models
+from tlcourse.paths import data_dir, mirror_dir
+from tlcourse.runtime import select_device
 
 
 def report() -> dict[str, Any]:
     """Versions, device, and what data and weights are present, as plain data."""
-    import timm
-    import torchvision
-
-    from tlcourse import data, models
-    from tlcourse.paths import data_dir, mirror_dir
-
-    if torch.cuda.is_available():
+    chosen = select_device()
+    if chosen.type == "cuda":
         device = f"cuda ({torch.cuda.get_device_name(0)})"
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    elif chosen.type == "mps":
         device = "mps (Apple GPU)"
     else:
         device = f"cpu ({torch.get_num_threads()} threads)"

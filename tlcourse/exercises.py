@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tlcourse.models import BACKBONES
+
 
 @dataclass(frozen=True)
 class Exercise:
@@ -41,8 +43,6 @@ class Exercise:
 
 def _imagenet_stats_backbones(answer: Any) -> tuple[bool, str]:
     # Computed when checked, so it stays right whichever optional backbones are installed.
-    from tlcourse.models import BACKBONES
-
     imagenet = (0.485, 0.456, 0.406)
     expected = {name for name, spec in BACKBONES.items()
                 if tuple(round(m, 3) for m in spec.preprocessing().mean) == imagenet}
@@ -50,6 +50,12 @@ def _imagenet_stats_backbones(answer: Any) -> tuple[bool, str]:
 
 
 EXERCISES: dict[str, Exercise] = {
+    "01.1": Exercise(
+        expected=((0 - 0.485) / 0.229, (1 - 0.485) / 0.229),
+        hint="Normalize computes (x - mean) / std per channel; the red channel's ImageNet mean is 0.485 "
+             "and its std 0.229.",
+        abs_tol=0.01,
+    ),
     "01.4": Exercise(
         expected={"alien": 100, "predator": 98},
         hint="Hash every training file with data.sha256sum, keep the validation images whose hash is "
@@ -59,6 +65,11 @@ EXERCISES: dict[str, Exercise] = {
         expected=25 * (694 + 200),
         hint="Each of the 25 epochs runs every training image (694) and every validation image (200) "
              "through the backbone once.",
+    ),
+    "04.1": Exercise(
+        expected="large_dissimilar",
+        hint="Compare each number with its boundary: 1000 images per class (at or above is large) and a "
+             "similarity of 0.5 (at or above is similar); advisor.recommend(n, similarity).quadrant agrees.",
     ),
     "01.5": Exercise(
         expected=_imagenet_stats_backbones,

@@ -14,13 +14,16 @@ activation a leaf that requires a gradient, so no parameter needs ``requires_gra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
+
+from tlcourse.hooks import capture
+from tlcourse.models import backbone_spec, stage_modules
 
 __all__ = ["gradcam", "gradcam_grid", "overlay", "resolve_layer"]
 
@@ -34,10 +37,8 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.
     """
     if isinstance(layer, nn.Module):
         return layer
-    from tlcourse.models import get_spec, stage_modules
-
     try:
-        spec = get_spec(model)
+        spec = backbone_spec(model)
     except ValueError:
         spec = None
     if layer is None:
@@ -75,32 +76,25 @@ def gradcam(
     if x.ndim != 4:
         raise ValueError(f"gradcam needs a batch (N, C, H, W), got shape {tuple(x.shape)}")
     target = resolve_layer(model, layer)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        # A fresh leaf that requires grad: the gradient reaches it even when every parameter is frozen.
-        leaf = output.detach().requires_grad_(True)
-        captured["activation"] = leaf
-        return leaf
-
     was_training = model.training
     model.eval()
-    handle = target.register_forward_hook(hook)
     try:
-        with torch.enable_grad():
+        # detach=False: the recorded activation stays in the graph (a leaf that requires grad on
+        # a frozen model), so the class score's gradient reaches it.
+        with torch.enable_grad(), capture(model, {"activation": target}, detach=False, stop_after=False) as hooks:
             logits = model(x)
-            if "activation" not in captured:
+            if "activation" not in hooks.outputs:
                 raise ValueError("The chosen layer did not run in the forward pass")
             if class_index is None:
                 chosen = logits.argmax(1)
             else:
                 chosen = torch.as_tensor(class_index, device=logits.device).long().expand(len(logits))
             score = logits.gather(1, chosen.view(-1, 1)).sum()
-            (grads,) = torch.autograd.grad(score, captured["activation"])
+            activation = hooks.outputs["activation"]
+            (grads,) = torch.autograd.grad(score, activation)
     finally:
-        handle.remove()
         model.train(was_training)
-    activation = captured["activation"].detach()
+    activation = activation.detach()
     if activation.ndim != 4:
         raise ValueError(f"Grad-CAM needs a spatial layer (N, C, H, W); this one gives {tuple(activation.shape)}")
     weights = grads.mean(dim=(2, 3), keepdim=True)  # one weight per channel: its average gradient
@@ -115,8 +109,6 @@ def overlay(image: torch.Tensor | np.ndarray, cam: torch.Tensor | np.ndarray, *,
 
     ``image`` is ``(3, H, W)`` (a tensor in [0, 1], e.g. denormalised) or ``(H, W, 3)``.
     """
-    import matplotlib
-
     img = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
     if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
         img = img.transpose(1, 2, 0)

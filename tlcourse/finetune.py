@@ -1,17 +1,14 @@
-"""Fine-tuning recipes: gradual unfreezing, BatchNorm drift, and small in-memory image sets.
+"""Fine-tuning recipes: gradual unfreezing and BatchNorm drift.
 
 Notebook 02 teaches each idea inline once and then calls the version here:
 
-- :class:`GradualUnfreezing` is an ``on_epoch_end`` callback for :func:`tlcourse.train.fit`: the
+- :class:`GradualUnfreezing` is a callback for :func:`tlcourse.train.fit`: the
   head trains alone first, then deeper stages join at set epochs (ULMFiT's "gradual unfreezing",
   or the classic "unfreeze layer3 at epoch 5").
 - :func:`bn_running_stats` and :func:`bn_drift` measure how far BatchNorm running statistics
   moved during training. A frozen layer's statistics should not move at all; they do when the
   layer is left in train mode (see :func:`tlcourse.train.set_train_mode`).
 - :func:`trainable_stages` says which backbone stages are being trained right now.
-- :func:`load_images` and :class:`TensorImages` decode a small subset once into a uint8 tensor,
-  then resize, augment and normalise on tensors. On a CPU this takes JPEG decoding out of every
-  epoch, and it makes comparing input resolutions cheap: same pixels, different ``size``.
 
 Freezing itself (``freeze_backbone``, ``unfreeze``), parameter groups (``param_groups``) and the
 BatchNorm-in-eval rule (``set_train_mode``) live in :mod:`tlcourse.models` and
@@ -23,22 +20,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import Dataset
 
-from tlcourse.models import get_spec, stage_modules, unfreeze
+from tlcourse.models import backbone_spec, stage_modules, unfreeze
+from tlcourse.train import Callback, Run
 
 __all__ = [
     "GradualUnfreezing",
-    "TensorImages",
     "bn_drift",
     "bn_running_stats",
     "drift_by_stage",
-    "load_images",
     "trainable_stages",
 ]
 
@@ -57,8 +50,8 @@ def trainable_stages(model: nn.Module) -> list[str]:
     ]
 
 
-class GradualUnfreezing:
-    """An ``on_epoch_end`` callback that unfreezes backbone stages at set epochs.
+class GradualUnfreezing(Callback):
+    """A ``fit`` callback that unfreezes backbone stages at set epochs.
 
     ``schedule`` maps an epoch (1-based, as in ``fit``'s history) to the stages to unfreeze
     **after** that epoch has ended, e.g. ``{2: ["blocks.6", "head_conv"], 4: ["blocks.5"]}``:
@@ -89,14 +82,14 @@ class GradualUnfreezing:
 
     def stages_at(self, model: nn.Module, epoch: int) -> list[str]:
         """The stages that should be trainable once ``epoch`` has ended, shallow to deep."""
-        names = get_spec(model).stage_names
+        names = backbone_spec(model).stage_names
         wanted: set[str] = set()
         for at, stages in self.schedule.items():
             if at > epoch:
                 break
             if isinstance(stages, int):
                 if not 0 <= stages <= len(names):
-                    raise ValueError(f"{get_spec(model).name} has {len(names)} stages; cannot unfreeze {stages}")
+                    raise ValueError(f"{backbone_spec(model).name} has {len(names)} stages; cannot unfreeze {stages}")
                 wanted.update(names[len(names) - stages:])
             else:
                 unknown = [s for s in stages if s not in names]
@@ -104,6 +97,9 @@ class GradualUnfreezing:
                     raise ValueError(f"Unknown stage(s) {unknown}; the stages are {names}")
                 wanted.update(stages)
         return [n for n in names if n in wanted]
+
+    def on_epoch_end(self, run: Run) -> None:
+        self(run.epoch, run.history.epochs[-1], run.model)
 
     def __call__(self, epoch: int, stats: Mapping[str, Any], model: nn.Module) -> None:
         before = set(trainable_stages(model))
@@ -167,87 +163,8 @@ def drift_by_stage(model: nn.Module, drift: Mapping[str, float]) -> dict[str, fl
     registry's backbones) are ignored.
     """
     out = {}
-    for stage, paths in get_spec(model).stages:
+    for stage, paths in backbone_spec(model).stages:
         values = [v for name, v in drift.items() if any(name == p or name.startswith(p + ".") for p in paths)]
         if values:
             out[stage] = sum(values) / len(values)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Small image sets held in memory
-# --------------------------------------------------------------------------------------------
-
-
-def load_images(dataset: Dataset, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode ``dataset[i]`` for each index once: a ``(N, 3, H, W)`` uint8 tensor and int64 labels.
-
-    The dataset must return PIL images (or HxWx3 uint8 arrays) of one size, as CIFAR-10 does.
-    """
-    indices = range(len(dataset)) if indices is None else indices  # type: ignore[arg-type]
-    images, labels = [], []
-    for i in indices:
-        image, label = dataset[int(i)]
-        array = torch.from_numpy(np.array(image.convert("RGB") if hasattr(image, "convert") else image))
-        if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != torch.uint8:
-            raise ValueError(f"Item {i} is not an RGB uint8 image (got {tuple(array.shape)} {array.dtype})")
-        images.append(array.permute(2, 0, 1))
-        labels.append(int(label))
-    if not images:
-        raise ValueError("No images to load")
-    return torch.stack(images).contiguous(), torch.tensor(labels, dtype=torch.int64)
-
-
-class TensorImages(Dataset):
-    """Images kept as uint8 tensors, resized, augmented and normalised when an item is read.
-
-    Args:
-        images: ``(N, 3, H, W)`` uint8, e.g. from :func:`load_images`.
-        targets: ``(N,)`` class indices.
-        size: the side length the network sees. Upsampling 32 px CIFAR images to a size nearer
-            the pretraining resolution lets pretrained filters find objects of familiar scale.
-        mean, std: the backbone's normalisation (``get_spec(model).preprocessing()``).
-        train: random crop after 4 px (scaled) reflection padding, and horizontal flips, the
-            classic CIFAR augmentation; off for evaluation.
-
-    ``.targets`` is a list, so :func:`tlcourse.data.targets_of` works on it.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        targets: torch.Tensor | Sequence[int],
-        *,
-        size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool = False,
-    ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (N, 3, H, W) uint8, got {tuple(images.shape)} {images.dtype}")
-        self.images = images
-        self.targets = [int(t) for t in targets]
-        if len(self.targets) != len(images):
-            raise ValueError(f"{len(images)} images but {len(self.targets)} targets")
-        self.size = int(size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.train = train
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i].float().div_(255)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
-                              antialias=self.size < x.shape[-1])[0]
-        if self.train:
-            # Random draws use the global torch RNG, which fit re-seeds every epoch.
-            pad = max(1, self.size // 8)
-            x = F.pad(x[None], (pad, pad, pad, pad), mode="reflect")[0]
-            top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
-            x = x[:, top:top + self.size, left:left + self.size]
-            if torch.rand(()) < 0.5:
-                x = x.flip(-1)
-        return (x - self.mean) / self.std, self.targets[i]

@@ -17,6 +17,10 @@ reads it with ``torch.load(weights_only=True)``, which refuses to run pickled co
 
 Run ``python -m tlcourse.inference BUNDLE IMAGE [IMAGE ...]`` to predict in a fresh process; it
 prints one JSON object per image (:func:`predict_in_subprocess` does this from Python).
+
+For deployment without PyTorch, :func:`export_onnx` writes the network as an ONNX graph that ONNX
+Runtime (or any other ONNX runtime) executes; the same facts as in a bundle (class names,
+preprocessing, TTA) travel in the ONNX file's metadata, read back by :func:`onnx_metadata`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +39,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tlcourse.models import Preprocessing, build_backbone, get_spec
+from tlcourse._io import atomic_path, atomic_save
+from tlcourse.data import load_rgb, to_rgb
+from tlcourse.models import Preprocessing, backbone_spec, build_backbone
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -42,7 +49,9 @@ __all__ = [
     "Bundle",
     "Prediction",
     "export_bundle",
+    "export_onnx",
     "load_bundle",
+    "onnx_metadata",
     "predict",
     "predict_in_subprocess",
     "predict_proba",
@@ -116,11 +125,7 @@ class Prediction:
 
 def _load_image(image: str | os.PathLike[str] | Image.Image) -> Image.Image:
     if isinstance(image, Image.Image):
-        from tlcourse.data import to_rgb
-
         return to_rgb(image)
-    from tlcourse.data import load_rgb
-
     return load_rgb(image)  # decodes any mode (grey, palette, RGBA) to RGB and refuses broken files
 
 
@@ -148,6 +153,80 @@ def predict(
         confidence=float(probs[index]),
         probabilities={str(name): float(p) for name, p in zip(class_names, probs)},
     )
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------------------------
+
+#: The ONNX opset :func:`export_onnx` targets (ONNX Runtime 1.16 and later run it).
+ONNX_OPSET = 17
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    image_size: int,
+    *,
+    class_names: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    tta: str = "none",
+    opset: int = ONNX_OPSET,
+) -> Path:
+    """Export ``model`` to an ONNX file: input ``image`` ``(N, 3, image_size, image_size)``, output ``logits``.
+
+    The batch size is free; the image size is fixed (the padding of TF-style convolutions is
+    computed from it). The input is the *normalised* tensor, as for the PyTorch model, so the
+    file states the preprocessing that produces it: ``class_names``, ``preprocessing`` and ``tta``
+    are stored as JSON in the model's metadata (:func:`onnx_metadata` reads them back). The model
+    is exported in eval mode on the CPU (its mode and device are restored) with PyTorch's
+    TorchScript-based exporter, and the file is written atomically: never half written.
+    """
+    import onnx
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"Unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval().cpu()
+    dummy = torch.zeros(1, 3, image_size, image_size)
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            # The legacy exporter warns that it is legacy, and TF-style padding that it is computed
+            # from the (fixed) image size; neither changes the exported graph.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*(legacy TorchScript-based ONNX|feature will be removed)")
+            torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+            graph = onnx.load(str(tmp))
+            facts: dict[str, Any] = {"tta": tta, "image_size": int(image_size), "input": "normalised image, NCHW float32"}
+            if class_names is not None:
+                facts["class_names"] = [str(c) for c in class_names]
+            if preprocessing is not None:
+                facts["preprocessing"] = _preprocessing_dict(preprocessing)
+            try:
+                facts["backbone"] = backbone_spec(model).name
+            except ValueError:
+                pass
+            onnx.helper.set_model_props(graph, {k: json.dumps(v) for k, v in facts.items()})
+            onnx.checker.check_model(graph)
+            onnx.save(graph, str(tmp))
+    finally:
+        model.to(device).train(was_training)
+    return Path(path)
+
+
+def onnx_metadata(source: Any) -> dict[str, Any]:
+    """The facts :func:`export_onnx` stored: from a file path or an ``onnxruntime.InferenceSession``."""
+    if hasattr(source, "get_modelmeta"):
+        props = dict(source.get_modelmeta().custom_metadata_map)
+    else:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+    return {k: json.loads(v) for k, v in props.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,9 +259,9 @@ def export_bundle(
     """Write ``model`` (a registry backbone), its class names and preprocessing to one file.
 
     ``meta`` holds extra plain values (accuracy, date, dataset) for the reader of the file.
-    The file is written to a temporary name and renamed, so it is never half written.
+    The file is written atomically (``tlcourse._io``), so it is never half written.
     """
-    spec = get_spec(model)
+    spec = backbone_spec(model)
     if tta not in TTA_MODES:
         raise ValueError(f"Unknown test-time augmentation {tta!r}; choose one of {TTA_MODES}")
     num_classes = int(model.get_submodule(spec.head).out_features)
@@ -198,12 +277,7 @@ def export_bundle(
         "meta": json.loads(json.dumps(dict(meta or {}))),  # plain JSON values only: loadable with weights_only
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(bundle, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_save(bundle, path)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from tlcourse._io import atomic_write_text
 from tlcourse.paths import build_dir
 
 PROFILES = ("ci", "default", "gpu")
@@ -83,9 +84,7 @@ def record(notebook: str, metrics: Mapping[str, Any], *, profile: str | None = N
     if profile is not None:
         current["profile"] = profile
     current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
     return current
 
 

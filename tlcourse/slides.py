@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from tlcourse.course import notebooks
 from tlcourse.paths import build_dir, project_root
 
 #: Words of markdown one slide holds comfortably; past this, supporting paragraphs become speaker notes.
@@ -300,8 +301,6 @@ def build_slides(
     Returns one row per deck: notebook, deck path, slide count, figure slides.
     """
     import nbformat
-
-    from tlcourse.course import notebooks
 
     out = out or build_dir() / "slides"
     paths = notebooks(source)

@@ -1,0 +1,207 @@
+"""tlcourse.features.engine: ONNX Runtime as the CPU engine of a frozen backbone.
+
+Exported features must equal the eager ones (a tiny registered backbone on generated data, and the
+real ``efficientnet_lite0``); the export is cached under ``build/onnx`` by weights, layers and input
+size; a damaged file is exported again silently; any failure falls back to eager with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from tlcourse import features, models, runtime
+from tlcourse.features import engine as engine_mod
+from tlcourse.models import BackboneSpec
+
+pytest.importorskip("onnxruntime")
+
+TINY = BackboneSpec(name="tiny-onnx", family="test", arch="tiny", head="fc",
+                    stages=(("stem", ("stem",)), ("blocks.0", ("blocks.0",)), ("blocks.1", ("blocks.1",))),
+                    feature_dim=12, description="a test backbone")
+LAYERS = [None, "stem", "blocks.0"]
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.SiLU()),
+            nn.Sequential(nn.Conv2d(8, 12, 1), nn.BatchNorm2d(12), nn.ReLU()),
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(12, 3)
+        self.tlcourse_backbone = "tiny-onnx"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.blocks(self.stem(x))))
+
+
+@pytest.fixture
+def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> TinyNet:
+    monkeypatch.setitem(models.BACKBONES, "tiny-onnx", TINY)
+    torch.manual_seed(0)
+    model = TinyNet()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as in a trained backbone
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def images(n: int = 10, size: int = 20, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.arange(n) % 3)
+
+
+def eager(batch_size: int = 4) -> runtime.DeviceSettings:
+    return runtime.device_settings("cpu", inference=True, engine="eager", batch_size=batch_size, threads=1)
+
+
+def run_both(model: nn.Module, ds: TensorDataset, layers: list[str | None], **kw: object):
+    ref, y_ref = features.extract_stage_features(model, ds, layers, device=eager(), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the engine must not fall back silently or noisily here
+        got, y = features.extract_stage_features(model, ds, layers, batch_size=4, threads=1, progress=False, **kw)
+    assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime"
+    assert torch.equal(y, y_ref)
+    return ref, got
+
+
+def test_cpu_inference_defaults_to_onnxruntime_and_others_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = runtime.device_settings("cpu", inference=True)
+    assert s.engine == runtime.CPU_ENGINE == "onnxruntime" and s.amp_dtype is None
+    assert runtime.device_settings("cpu").engine == "eager"  # training
+    assert runtime.device_settings("cpu", inference=True, bf16=True).engine == "eager"  # bf16 is eager autocast
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = runtime.device_settings("cuda", inference=True)
+    assert (cuda.engine, cuda.workers) == ("eager", 0)
+    with pytest.raises(ValueError, match="Unknown engine"):
+        runtime.DeviceSettings(device=torch.device("cpu"), engine="tensorrt")
+
+
+def test_engine_threads_leave_a_core_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert runtime.engine_threads(1) == 1 and runtime.engine_threads(0) == 2
+    assert runtime.engine_threads(3) == 1 and runtime.engine_threads(1, threads=2) == 2
+
+
+def test_stage_features_equal_eager_and_the_export_is_cached(tiny: TinyNet, build: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = images(n=10)  # batches of 4, 4, 2: the exported batch size is dynamic
+    ref, got = run_both(tiny, ds, LAYERS)
+    for name in ref:
+        assert got[name].shape == ref[name].shape and got[name].dtype == torch.float32
+        torch.testing.assert_close(got[name], ref[name], atol=1e-4, rtol=1e-4)
+    files = list((build / "onnx").glob("tiny-onnx--20x20--*.onnx"))
+    assert len(files) == 1 and not list((build / "onnx").glob(".*.tmp"))
+    assert tiny.training  # the model's mode is restored after extraction and export
+
+    def no_export(*a: object, **k: object) -> None:
+        raise AssertionError("exported again although the file is cached")
+
+    monkeypatch.setattr(engine_mod, "export_features", no_export)
+    _, again = run_both(tiny, ds, LAYERS)
+    torch.testing.assert_close(again, got)
+
+
+def test_key_follows_weights_layers_and_input_size(tiny: TinyNet) -> None:
+    base = engine_mod.onnx_path(tiny, ["pooled"], (3, 20, 20))
+    assert engine_mod.onnx_path(tiny, ["pooled"], (3, 20, 20)) == base
+    assert engine_mod.onnx_path(tiny, ["stem"], (3, 20, 20)) != base
+    assert engine_mod.onnx_path(tiny, ["pooled"], (3, 24, 24)) != base
+    with torch.no_grad():
+        tiny.fc.weight.add_(1.0)  # the head never runs in the exported graph
+    assert engine_mod.onnx_path(tiny, ["pooled"], (3, 20, 20)) == base
+    with torch.no_grad():
+        tiny.stem[0].weight.add_(1.0)
+    assert engine_mod.onnx_path(tiny, ["pooled"], (3, 20, 20)) != base
+
+
+def test_new_input_size_gets_its_own_export(tiny: TinyNet, build: Path) -> None:
+    for size in (20, 28):
+        ref, got = run_both(tiny, images(n=5, size=size), [None])
+        torch.testing.assert_close(got["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
+    assert {p.name.split("--")[1] for p in (build / "onnx").glob("*.onnx")} == {"20x20", "28x28"}
+
+
+def test_a_damaged_file_is_exported_again_silently(tiny: TinyNet, build: Path) -> None:
+    ds = images(n=6)
+    ref, _ = run_both(tiny, ds, LAYERS)
+    (path,) = (build / "onnx").glob("*.onnx")
+    path.write_bytes(b"not an onnx file")
+    _, got = run_both(tiny, ds, LAYERS)  # warnings are errors in run_both
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], atol=1e-4, rtol=1e-4)
+    assert path.stat().st_size > 1000
+
+
+def test_no_onnxruntime_falls_back_to_eager_with_a_warning(tiny: TinyNet, build: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> None:
+        raise engine_mod.EngineUnavailable("onnxruntime is not installed")
+
+    monkeypatch.setattr(engine_mod, "_import_onnxruntime", missing)
+    ds = images(n=6)
+    ref, _ = features.extract_stage_features(tiny, ds, LAYERS, device=eager(), progress=False)
+    with pytest.warns(RuntimeWarning, match="falls back to eager PyTorch: onnxruntime is not installed"):
+        got, _ = features.extract_stage_features(tiny, ds, LAYERS, batch_size=4, progress=False)
+    assert runtime.LAST_EXTRACTION["engine"] == "eager"
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name])
+
+
+def test_a_failed_export_falls_back_to_eager_with_a_warning(tiny: TinyNet, build: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a: object, **k: object) -> None:
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.warns(RuntimeWarning, match="ONNX export failed.*unsupported operator"):
+        got, _ = features.extract_features(tiny, images(n=5), batch_size=4, progress=False)
+    ref, _ = features.extract_features(tiny, images(n=5), device=eager(), progress=False)
+    torch.testing.assert_close(got, ref)
+    assert not list((build / "onnx").glob("*")) or not list((build / "onnx").glob("*.onnx"))
+
+
+def test_a_plain_module_runs_on_the_engine_too(build: Path) -> None:
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    ref, got = run_both(body, images(n=5), [None])
+    torch.testing.assert_close(got["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_decoding_worker_overlaps_the_engine(tiny: TinyNet, build: Path) -> None:
+    ds = images(n=4 * runtime.WORKER_MIN_BATCHES)
+    ref, got = run_both(tiny, ds, [None])
+    expected = runtime.device_settings("cpu", inference=True).workers
+    assert runtime.LAST_EXTRACTION["workers"] == expected
+    torch.testing.assert_close(got["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
+    features.extract_features(tiny, ds, batch_size=4, num_workers=0, progress=False)
+    assert runtime.LAST_EXTRACTION["workers"] == 0  # an explicit count wins
+
+
+def test_efficientnet_lite0_features_equal_eager(build: Path) -> None:
+    try:
+        model = models.build_backbone("efficientnet_lite0")
+    except Exception as err:  # noqa: BLE001 - weights not staged on this machine
+        pytest.skip(f"efficientnet_lite0 unavailable: {err}")
+    ds = images(n=6, size=224)
+    ref, got = run_both(model, ds, [None, "blocks.3"])
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], atol=1e-4, rtol=1e-4)
+    assert ref["pooled"].shape == (6, 1280)

@@ -1,0 +1,55 @@
+"""Feature extraction: run a frozen backbone once, keep its features, train small models on them.
+
+When the backbone is frozen, its output for a given image never changes. Running it in every
+epoch (what many tutorials do) recomputes the same numbers again and again. This package does
+it once:
+
+- :mod:`~tlcourse.features.extract`: :func:`extract_features` / :func:`extract_stage_features`,
+  one pooled vector per image and layer, from one forward pass that stops after the deepest
+  stage asked for;
+- :mod:`~tlcourse.features.engine`: on a CPU that pass runs on ONNX Runtime, exported once per
+  backbone weights, layers and input size into ``build/onnx``;
+- :mod:`~tlcourse.features.cache`: :func:`cached_features` keeps them on disk under a key of
+  everything they depend on (weights, preprocessing, layer, the images themselves);
+- :mod:`~tlcourse.features.probes`: :func:`train_linear_probe` (the course's training loop),
+  :func:`fit_logistic_regression`, :func:`probe_accuracy_cv` and :func:`nearest_neighbours`.
+"""
+
+from tlcourse.features.cache import (
+    CACHE_FORMAT,
+    FeatureSet,
+    backbone_fingerprint,
+    cache_key,
+    cached_features,
+    cached_stage_features,
+    dataset_fingerprint,
+)
+from tlcourse.features.engine import EngineUnavailable, OnnxFeatures, onnx_path
+from tlcourse.features.extract import POOLED, extract_features, extract_stage_features
+from tlcourse.features.neighbours import *  # noqa: F403  (near_duplicates, duplicate_groups, keep_one_per_group)
+from tlcourse.features.probes import (
+    fit_logistic_regression,
+    nearest_neighbours,
+    probe_accuracy_cv,
+    train_linear_probe,
+)
+
+__all__ = [
+    "CACHE_FORMAT",
+    "POOLED",
+    "EngineUnavailable",
+    "FeatureSet",
+    "OnnxFeatures",
+    "backbone_fingerprint",
+    "cache_key",
+    "cached_features",
+    "cached_stage_features",
+    "dataset_fingerprint",
+    "extract_features",
+    "extract_stage_features",
+    "fit_logistic_regression",
+    "nearest_neighbours",
+    "onnx_path",
+    "probe_accuracy_cv",
+    "train_linear_probe",
+]

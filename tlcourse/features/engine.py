@@ -1,0 +1,209 @@
+"""ONNX Runtime as the CPU engine of a frozen backbone: export once, keep the file, run it.
+
+A frozen backbone computes the same function on every batch, so its forward pass (up to the
+requested stages, pooled) is exported to ONNX once per weights, layers and input size, kept under
+``build/onnx/`` (written atomically, keyed like the feature cache) and run with ONNX Runtime,
+whose CPU kernels beat eager PyTorch's float32 path. The export is checked against the eager
+forward pass on the first batch. Anything that goes wrong (no onnxruntime, an operator the
+exporter does not know, a mismatch) ends in :class:`EngineUnavailable`, and the caller falls back
+to eager PyTorch with a one-line warning. A cached file ONNX Runtime cannot load is exported again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlcourse._io import atomic_path
+from tlcourse.models import backbone_spec, state_dict_fingerprint
+from tlcourse.paths import build_dir
+
+__all__ = ["ENGINE_FORMAT", "EngineUnavailable", "OnnxFeatures", "engine_key", "export_features", "onnx_path"]
+
+#: Bumped when the exported graph's meaning changes: older files are then ignored.
+ENGINE_FORMAT = 1
+#: The ONNX opset of the exports (every ONNX Runtime since 1.12 runs it).
+OPSET = 17
+#: Largest difference allowed between exported and eager features (absolute and relative).
+TOLERANCE = 1e-4
+
+#: Sessions kept in this process, ``{(file, its mtime, threads, spin): session}``: a notebook that
+#: extracts train, validation and test splits loads the graph once. The oldest goes past the limit.
+_SESSIONS: dict[tuple[str, int, int, bool], Any] = {}
+_MAX_SESSIONS = 4
+
+#: ``x -> {layer: pooled features}``: one forward pass of the backbone (``extract._capture``).
+Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+class EngineUnavailable(RuntimeError):
+    """ONNX Runtime cannot run this backbone here; the message says why."""
+
+
+class _Traced(nn.Module):
+    """The backbone's forward pass as a module returning a tuple (what the exporter traces)."""
+
+    def __init__(self, model: nn.Module, forward: Forward, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model  # registers the weights, so they become the graph's constants
+        self._forward, self.names = forward, list(names)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self._forward(x)
+        return tuple(out[name] for name in self.names)
+
+
+def _model_name(model: nn.Module) -> str:
+    return str(getattr(model, "tlcourse_backbone", type(model).__name__))
+
+
+def engine_key(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> str:
+    """A hex digest of what the exported graph depends on: weights, layers, input size, versions.
+
+    Registry backbones are identified by name and weights without the head (which the exported
+    pass never reaches); any other module also by its ``repr`` (its architecture).
+    """
+    try:
+        head = backbone_spec(model).head
+        parts = [f"backbone={_model_name(model)}", state_dict_fingerprint(model, exclude=(head + ".",))]
+    except ValueError:
+        parts = [f"module={model!r}", state_dict_fingerprint(model)]
+    parts += [f"layers={'|'.join(names)}", f"input={tuple(int(d) for d in input_shape)}",
+              f"torch={torch.__version__}", f"opset={OPSET}", f"format={ENGINE_FORMAT}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def onnx_path(model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
+              root: str | os.PathLike[str] | None = None) -> Path:
+    """Where the export of ``model``'s ``names`` for inputs of ``input_shape`` (C, H, W) is kept."""
+    folder = Path(root) if root is not None else build_dir() / "onnx"
+    size = "x".join(str(int(d)) for d in input_shape[-2:])
+    return folder / f"{_model_name(model)}--{size}--{engine_key(model, names, input_shape)[:24]}.onnx"
+
+
+def export_features(model: nn.Module, forward: Forward, names: Sequence[str], example: torch.Tensor,
+                    path: Path) -> Path:
+    """Export ``forward``'s ``names`` outputs (traced on ``example``) to ``path`` atomically, with a
+    dynamic batch size. The model is traced in eval mode; its previous mode is restored.
+    """
+    traced = _Traced(model, forward, names)
+    was_training = model.training
+    outputs = [f"out{i}" for i in range(len(traced.names))]
+    dynamic = {name: {0: "batch"} for name in ["x", *outputs]}
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter, not the user's concern
+            torch.onnx.export(traced.eval(), (example,), str(tmp), dynamo=False, input_names=["x"],
+                              output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET)
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise EngineUnavailable("onnxruntime is not installed") from err
+    return onnxruntime
+
+
+class OnnxFeatures:
+    """``x -> {layer: features}`` computed by ONNX Runtime: one exported graph per input size.
+
+    Args:
+        model: the frozen backbone (eval mode; its weights must not change while this lives).
+        names: the layer names ``forward`` returns, in order.
+        forward: the eager forward pass, traced for the export and used to check it.
+        threads: ONNX Runtime's intra-op threads.
+        spin: let idle engine threads spin; off when a DataLoader worker needs a core too.
+        root: the folder of the exported files (default ``build/onnx``).
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], forward: Forward, *, threads: int,
+                 spin: bool = True, root: str | os.PathLike[str] | None = None) -> None:
+        self.model, self.names, self.forward = model, list(names), forward
+        self.threads, self.spin, self.root = threads, spin, root
+        self.sessions: dict[tuple[int, ...], Any] = {}
+        self.exported: list[Path] = []  # the files exported (not loaded from the cache) by this object
+
+    def _options(self, ort: Any) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        return options
+
+    def _load(self, ort: Any, path: Path) -> Any | None:
+        """A session on ``path``, or None when the file is missing or ONNX Runtime cannot read it."""
+        try:
+            key = (str(path), path.stat().st_mtime_ns, self.threads, self.spin)
+        except OSError:
+            return None
+        if key in _SESSIONS:
+            return _SESSIONS[key]
+        try:
+            session = ort.InferenceSession(str(path), self._options(ort), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - a damaged or foreign file: export it again
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        _SESSIONS[key] = session
+        while len(_SESSIONS) > _MAX_SESSIONS:
+            del _SESSIONS[next(iter(_SESSIONS))]
+        return session
+
+    def session(self, x: torch.Tensor) -> Any:
+        """The session for inputs shaped like ``x``: loaded from ``build/onnx`` or exported now."""
+        shape = tuple(int(d) for d in x.shape[1:])
+        if shape in self.sessions:
+            return self.sessions[shape]
+        ort = _import_onnxruntime()
+        path = onnx_path(self.model, self.names, shape, self.root)
+        session = self._load(ort, path)
+        if session is None:
+            example = x.detach().float().contiguous()
+            try:
+                with torch.inference_mode(False), torch.no_grad():
+                    example = example.clone()  # a normal tensor: the tracer cannot record inference tensors
+                    export_features(self.model, self.forward, self.names, example, path)
+            except Exception as err:  # noqa: BLE001 - any exporter failure means "run eagerly"
+                raise EngineUnavailable(f"the ONNX export failed ({type(err).__name__}: {str(err)[:160]})") from err
+            session = self._load(ort, path)
+            if session is None:
+                raise EngineUnavailable("ONNX Runtime could not load the exported graph")
+            self.exported.append(path)
+            self._check(session, example, path)
+        self.sessions[shape] = session
+        return session
+
+    def _check(self, session: Any, example: torch.Tensor, path: Path) -> None:
+        """Compare the new export with the eager pass on ``example``; a mismatch is not kept."""
+        with torch.inference_mode():
+            eager = self.forward(example)
+        ours = self._run(session, example)
+        for name in self.names:
+            if not torch.allclose(ours[name], eager[name].float(), atol=TOLERANCE, rtol=TOLERANCE):
+                diff = float((ours[name] - eager[name].float()).abs().max())
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise EngineUnavailable(f"the exported graph differs from eager PyTorch at {name!r} by {diff:.1e}")
+
+    def _run(self, session: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        outputs = session.run(None, {"x": array})
+        return {name: torch.from_numpy(out) for name, out in zip(self.names, outputs, strict=True)}
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{layer: (N, D) float32}`` for the batch ``x`` (N, C, H, W)."""
+        return self._run(self.session(x), x)

@@ -1,0 +1,226 @@
+"""Run a frozen backbone once over a dataset and keep one vector per image and layer.
+
+The final pooled features (``layer=None``, the vectors the head classifies) or a stage's
+feature map, global-average pooled (``layer="blocks.3"``). Several layers come out of one
+forward pass (:func:`extract_stage_features`), and the forward stops after the deepest stage
+asked for. Device, precision, batch size and CPU threads follow
+``runtime.device_settings(..., inference=True)``: on a CPU the pass runs on ONNX Runtime
+(:mod:`tlcourse.features.engine`, exported once per weights, layers and input size) while a
+DataLoader worker decodes the next batches; eager PyTorch runs on CUDA/MPS, in bf16, and
+whenever the export fails (with a one-line warning saying why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from tlcourse.features.engine import EngineUnavailable, OnnxFeatures
+from tlcourse.hooks import capture
+from tlcourse.models import backbone_spec, head_of, stage_layers
+from tlcourse.runtime import (
+    LAST_EXTRACTION,
+    WORKER_MIN_BATCHES,
+    DeviceSettings,
+    ThreadChooser,
+    device_settings,
+    engine_threads,
+    one_thread,
+)
+
+__all__ = ["POOLED", "extract_features", "extract_stage_features"]
+
+#: The name of the "layer" that is the head's input (the final pooled features).
+POOLED = "pooled"
+
+
+def global_pool(x: Any) -> torch.Tensor:
+    """Global average pooling: (N, C, H, W) -> (N, C), (N, L, C) -> (N, C); vectors pass through."""
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    if x.dim() == 4:
+        return x.float().mean(dim=(2, 3))
+    if x.dim() == 3:  # token sequences (N, L, C): average the tokens
+        return x.float().mean(dim=1)
+    return x.float().flatten(1)
+
+
+def has_backbone_spec(model: nn.Module) -> bool:
+    """Whether ``model`` is a registry backbone (or recognised as one)."""
+    try:
+        backbone_spec(model)
+    except ValueError:
+        return False
+    return True
+
+
+def _model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, dict):  # create_feature_extractor returns {name: tensor}
+        if len(out) != 1:
+            raise ValueError(f"The model returns {len(out)} outputs; ask for one layer")
+        out = next(iter(out.values()))
+    return global_pool(out)
+
+
+@contextlib.contextmanager
+def _capture(model: nn.Module, layers: Sequence[str | None]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+    """A function ``x -> {layer: pooled features}`` for one forward pass each.
+
+    ``None`` (or ``"pooled"``) is the input of the model's head for a registry backbone, and the
+    model's own output for any other module (for example ``nn.Sequential(*children[:-1])``).
+    The forward stops once every requested layer has run.
+    """
+    names = [POOLED if layer is None else layer for layer in layers]
+    stages = [n for n in names if n != POOLED]
+    if not has_backbone_spec(model):
+        if stages:
+            raise ValueError("Stage features need a registry backbone (tlcourse.models.build_backbone)")
+        yield lambda x: {POOLED: _model_output(model, x)}
+        return
+    targets: dict[str, nn.Module] = dict(stage_layers(model, stages))
+    if POOLED in names:
+        targets[POOLED] = head_of(model)
+    with capture(model, targets, inputs={POOLED} & set(targets), pool=global_pool, stop_after=True) as run:
+        yield run
+
+
+def _as_loader(data: DataLoader | Dataset, settings: DeviceSettings, num_workers: int | None) -> Iterable[Any]:
+    """``data`` itself when it is a DataLoader, else an in-order loader of it.
+
+    ``num_workers=None`` follows ``settings.workers``, except for loaders too short to repay a
+    worker process's start.
+    """
+    if isinstance(data, DataLoader):
+        return data
+    if num_workers is None:
+        batches = -(-len(data) // settings.batch_size)  # type: ignore[arg-type]
+        num_workers = settings.workers if batches >= WORKER_MIN_BATCHES else 0
+    return DataLoader(data, batch_size=settings.batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=settings.pin_memory)
+
+
+def _length(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _fetch_on_one_thread(loader: Iterable[Any]) -> Iterator[Any]:
+    """The loader's batches, each decoded and transformed with one CPU thread.
+
+    Per-image transforms are tiny tensor ops: split over threads while another process keeps a
+    core busy, the threads wait for each other. The forward pass then runs with the thread
+    count chosen for it.
+    """
+    batches = iter(loader)
+    while True:
+        with one_thread():
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def _engine_features(engine: OnnxFeatures, inputs: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The engine's features of a batch, or None (after a one-line warning) when it cannot run."""
+    try:
+        return engine(inputs)
+    except Exception as err:  # noqa: BLE001 - whatever failed, eager PyTorch computes the same features
+        reason = str(err) if isinstance(err, EngineUnavailable) else f"ONNX Runtime failed ({type(err).__name__}: {err})"
+        warnings.warn(f"Feature extraction falls back to eager PyTorch: {reason}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def extract_stage_features(
+    model: nn.Module,
+    data: DataLoader | Dataset,
+    layers: Sequence[str | None],
+    *,
+    batch_size: int | None = None,
+    device: str | torch.device | DeviceSettings | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of several layers from one pass over ``data``: ``({layer: (N, D)}, labels (N,))``.
+
+    ``layers`` holds stage names (``backbone_spec(model).stage_names``) and/or ``None`` for the
+    final pooled features (keyed ``"pooled"``). Stage feature maps are global-average pooled, so
+    each image gives one vector per stage. The model runs in eval mode under
+    ``torch.inference_mode`` with the device's settings (channels_last, autocast); its previous
+    train/eval mode is restored afterwards.
+
+    On a CPU (``settings.engine == "onnxruntime"``) ONNX Runtime computes the features with
+    :func:`runtime.engine_threads` threads while ``settings.workers`` DataLoader workers decode
+    (``num_workers=None``; an explicit count wins). Eager PyTorch (CUDA/MPS, bf16, or the fallback)
+    picks its CPU thread count by timing the first batches (``runtime.ThreadChooser``) when
+    ``threads=None``; the process's setting is restored. :data:`runtime.LAST_EXTRACTION` records
+    the engine, workers and threads used.
+    """
+    settings = device_settings(device, inference=True, batch_size=batch_size, threads=threads)
+    cpu = settings.device.type == "cpu"
+    chooser = ThreadChooser(settings.threads, cpu=cpu)
+    loader = _as_loader(data, settings, num_workers)
+    workers = int(getattr(loader, "num_workers", 0))
+    was_training = model.training
+    settings.prepare(model.eval())
+    outputs: dict[str, list[torch.Tensor]] = {POOLED if name is None else name: [] for name in layers}
+    labels: list[torch.Tensor] = []
+    engine: OnnxFeatures | None = None
+    try:
+        with torch.inference_mode(), settings.autocast(), _capture(model, layers) as run:
+            if cpu and settings.engine == "onnxruntime" and settings.autocast_dtype() is None:
+                engine = OnnxFeatures(model, list(outputs), run, threads=engine_threads(workers, settings.threads),
+                                      spin=workers == 0)
+            for inputs, targets in tqdm(_fetch_on_one_thread(loader), desc="features", disable=not progress,
+                                        leave=False, total=_length(loader)):
+                found = _engine_features(engine, inputs) if engine is not None else None
+                if found is None:
+                    engine = None
+                    chooser.before_batch()
+                    found = run(settings.to_device(inputs))
+                for name, feats in found.items():
+                    outputs[name].append(feats.float().cpu())
+                labels.append(torch.as_tensor(targets).long().cpu())
+                if engine is None:
+                    chooser.after_batch(len(labels[-1]))
+    finally:
+        chooser.restore()
+        model.train(was_training)
+    LAST_EXTRACTION.update(engine="onnxruntime" if engine is not None else "eager", workers=workers)
+    if engine is not None:
+        LAST_EXTRACTION.update(threads=engine.threads, rates={})
+    if not labels:
+        raise ValueError("No samples to extract features from (empty dataset or loader)")
+    return {n: torch.cat(v) for n, v in outputs.items()}, torch.cat(labels)
+
+
+def extract_features(
+    model: nn.Module,
+    data: DataLoader | Dataset,
+    *,
+    layer: str | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | DeviceSettings | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D) float32 and labels (N,) int64 of every sample in ``data`` (in order).
+
+    ``layer=None`` gives the final pooled features, the vectors the head classifies; a stage name
+    (e.g. ``"blocks.3"``) gives that stage's feature map, global-average pooled to one vector per
+    image. ``data`` is a Dataset (batched here, in order) or a DataLoader (used as it is).
+    """
+    feats, labels = extract_stage_features(model, data, [layer], batch_size=batch_size, device=device,
+                                           num_workers=num_workers, progress=progress, threads=threads)
+    return feats[POOLED if layer is None else layer], labels
