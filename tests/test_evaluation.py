@@ -199,7 +199,7 @@ def test_verdict_tie_within_noise() -> None:
     assert c.low < 0 < c.high
     assert compare("A", a, "B", b) == (
         f"no measurable difference between A and B at this size "
-        f"(95% CI {100 * c.low:.1f} to {100 * c.high:.1f} points)")
+        f"(95% CI {100 * c.low:.1f} to {100 * c.high:.1f} points, exact McNemar p={c.p_value:.3g})")
 
 
 def test_seed_verdicts_both_ways() -> None:
@@ -237,3 +237,15 @@ def test_rank_table() -> None:
     assert [r["rank"] for r in ests] == [1, 2, 2] and all(r["vs_best"] is None for r in ests)
     assert isinstance(ests[0], dict) and isinstance(accuracy_ci(1, 2), Estimate)
     assert PairedComparison.__dataclass_fields__.keys() >= {"diff", "low", "high", "p_value", "n"}
+
+
+def test_verdict_needs_the_interval_and_the_test_to_agree():
+    """5 of 200 images right only for A: Newcombe's interval excludes 0 but exact McNemar gives
+    p = 2 * 0.5**5 = 0.0625. The verdict must not call a winner the test does not support."""
+    a, b = np.ones(200, bool), np.ones(200, bool)
+    b[:5] = False
+    c = paired_comparison(a, b)
+    assert c.low > 0 and c.p_value == pytest.approx(0.0625)
+    assert compare("A", a, "B", b).startswith("no measurable difference between A and B")
+    b[5] = False  # one more: p = 2 * 0.5**6 = 0.03125, and both agree
+    assert compare("A", a, "B", b).startswith("A is better than B by 3.0 points")

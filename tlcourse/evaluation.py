@@ -286,8 +286,9 @@ def verdict(name_a: str, name_b: str, comparison: PairedComparison | SeedCompari
     """The sentence a notebook prints for a comparison, with every number taken from it.
 
     "A is better than B by x points (95% CI lo to hi, <test> p=...)" when the interval excludes 0
-    (the winner is named first, the interval is winner minus loser), else "no measurable
-    difference between A and B at this size (95% CI lo to hi points)".
+    and the test agrees (p below 1 - level; the interval and the test are computed differently and
+    can disagree at the edge, and a verdict must not contradict either), else "no measurable
+    difference between A and B at this size (95% CI lo to hi points, <test> p=...)".
     """
     c = comparison
     if isinstance(c, SeedComparison):
@@ -302,13 +303,13 @@ def verdict(name_a: str, name_b: str, comparison: PairedComparison | SeedCompari
     else:
         test = "exact McNemar {p}"
     lvl = _level(c.level)
-    if c.low > 0 or c.high < 0:
+    if (c.low > 0 or c.high < 0) and c.p_value < 1 - c.level:
         win, lose, sign = (name_a, name_b, 1.0) if c.low > 0 else (name_b, name_a, -1.0)
         lo, hi = sorted((sign * c.low, sign * c.high))
         return (f"{win} is better than {lose} by {_pts(sign * c.diff)} points "
                 f"({lvl} CI {_pts(lo)} to {_pts(hi)}, {test.format(p=_p(c.p_value))})")
     return (f"no measurable difference between {name_a} and {name_b} at this size "
-            f"({lvl} CI {_pts(c.low)} to {_pts(c.high)} points)")
+            f"({lvl} CI {_pts(c.low)} to {_pts(c.high)} points, {test.format(p=_p(c.p_value))})")
 
 
 def compare(name_a: str, a: Estimate | Sequence[bool] | Any, name_b: str, b: Estimate | Sequence[bool] | Any,

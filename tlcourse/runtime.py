@@ -15,6 +15,7 @@ DataLoader worker).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -279,10 +280,12 @@ def device_settings(
     :func:`cpu_supports_bf16` (``bf16=True``: always, ``False``: never); inference runs float32
     on :data:`CPU_ENGINE` with one decoding worker (``bf16=True`` means eager bf16 autocast).
     MPS: float32. ``inference=True`` gives the batch size for forward passes only (no loss
-    scaler). A ``DeviceSettings`` passed in is returned as it is.
+    scaler). A ``DeviceSettings`` passed in is returned as it is, with ``batch_size`` and
+    ``threads`` applied when given.
     """
     if isinstance(device, DeviceSettings):
-        return device
+        changes = {k: v for k, v in (("batch_size", batch_size), ("threads", threads)) if v is not None}
+        return dataclasses.replace(device, **changes) if changes else device
     device = device if isinstance(device, torch.device) else select_device(device)
     cuda, cpu = device.type == "cuda", device.type == "cpu"
     amp_dtype = amp_settings(device)[1]

@@ -28,7 +28,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-@dataclass
+@dataclass(repr=False)
 class Table:
     """Rows of cells with named columns; rendered as HTML in Jupyter, aligned text in ``print``."""
 
@@ -43,6 +43,9 @@ class Table:
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in self.rows]
         return "\n".join(lines)
+
+    def __repr__(self) -> str:  # what a terminal, nbval and Jupyter's text/plain output show
+        return str(self)
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)

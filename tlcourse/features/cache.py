@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from tlcourse._io import atomic_save
+from tlcourse._io import DamagedFileError, atomic_save, read_or_explain, read_torch
 from tlcourse.features.extract import POOLED, extract_stage_features, has_backbone_spec
 from tlcourse.models import backbone_spec, build_backbone, state_dict_fingerprint
 from tlcourse.paths import build_dir
@@ -202,16 +202,20 @@ def _cache_path(root: Path, model: nn.Module, layer: str, key: str) -> Path:
 
 
 def _load(path: Path, key: str) -> dict[str, Any] | None:
-    """The cached entry, or None when the file is missing, unreadable or holds another key."""
+    """The cached entry, or None when the file is missing, damaged or holds another key.
+
+    A damaged entry (a crash mid-write by an older version, a copy cut short) is only a cache:
+    the features are extracted again and the file is replaced atomically.
+    """
     if not path.is_file():
         return None
     try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a file cut short by a crash, or not a torch file at all
+        return read_or_explain(
+            path, read_torch, what="feature cache entry", remedy="It is extracted again.",
+            check=lambda e: None if isinstance(e, dict) and e.get("meta", {}).get("key") == key
+            and e["meta"].get("format", CACHE_FORMAT) == CACHE_FORMAT else "another key or format")
+    except (DamagedFileError, OSError):
         return None
-    if not isinstance(entry, dict) or entry.get("meta", {}).get("key") != key:
-        return None
-    return entry
 
 
 def cached_stage_features(
@@ -225,7 +229,7 @@ def cached_stage_features(
     content: bool = False,
     batch_size: int | None = None,
     device: str | torch.device | DeviceSettings | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, FeatureSet]:
     """:func:`cached_features` for several layers: the missing ones come from a single pass.
@@ -277,7 +281,7 @@ def cached_features(
     content: bool = False,
     batch_size: int | None = None,
     device: str | torch.device | DeviceSettings | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
 ) -> FeatureSet:
     """Features of ``model`` on ``dataset``, from the disk cache when they are there.
