@@ -5,6 +5,12 @@ Every notebook has a ``parameters`` cell (papermill) with ``PROFILE`` and option
 hard-codes a size or an epoch count. :func:`record` writes the notebook's key results to
 ``build/metrics/<notebook-stem>.json``, which CI checks against the thresholds a notebook declares
 in its own metadata (``metadata.tlcourse.checks``) and which people can diff between runs.
+
+A metrics file is a result, not a cache: silently starting it over would drop the values earlier
+cells (or the other notebook of a classroom machine) recorded. So a damaged file is a
+:class:`tlcourse._io.DamagedFileError` that names it and says to delete it and run the notebook
+again, from both :func:`record` and :func:`load_metrics`. Concurrent :func:`record` calls on one
+file (two kernels) are serialised by a lock, so every merge keeps the other's values.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from tlcourse._io import atomic_write_text
+from tlcourse._io import atomic_write_text, locked, read_json, read_or_explain
 from tlcourse.paths import build_dir
 
 PROFILES = ("ci", "default", "gpu")
@@ -65,33 +71,40 @@ def metrics_path(notebook: str) -> Path:
     return build_dir() / "metrics" / f"{Path(notebook).stem}.json"
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    """The metrics file's JSON object, ``{}`` if absent; a damaged file raises ``DamagedFileError``."""
+    if not path.is_file():
+        return {}
+    return read_or_explain(
+        path, read_json, what="metrics file",
+        remedy="Delete it and run the notebook again to record its metrics anew.",
+        check=lambda doc: None if isinstance(doc, dict) and isinstance(doc.get("metrics", {}), dict)
+        else "it is JSON, but not an object with a 'metrics' object")
+
+
 def record(notebook: str, metrics: Mapping[str, Any], *, profile: str | None = None) -> dict[str, Any]:
     """Merge ``metrics`` into the notebook's metrics file and return the whole record.
 
     Values are kept as plain JSON (numpy/torch scalars are converted). The file is replaced
-    atomically so an interrupted run never leaves half a JSON document.
+    atomically so an interrupted run never leaves half a JSON document, and the read-merge-write
+    holds a lock so that two processes recording at once both keep their values.
     """
     path = metrics_path(notebook)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    current: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            current = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            current = {}
-    current.setdefault("metrics", {}).update(_plain(dict(metrics)))
-    current["notebook"] = Path(notebook).stem
-    if profile is not None:
-        current["profile"] = profile
-    current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
+    plain = _plain(dict(metrics))
+    with locked(path):
+        current = _read_record(path)
+        current.setdefault("metrics", {}).update(plain)
+        current["notebook"] = Path(notebook).stem
+        if profile is not None:
+            current["profile"] = profile
+        current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
     return current
 
 
 def load_metrics(notebook: str) -> dict[str, Any]:
     """The recorded metrics of a notebook (``{}`` if it has not recorded any)."""
-    path = metrics_path(notebook)
-    return json.loads(path.read_text()).get("metrics", {}) if path.is_file() else {}
+    return dict(_read_record(metrics_path(notebook)).get("metrics", {}))
 
 
 def check_metrics(metrics: Mapping[str, Any], checks: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -17,7 +17,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from tlcourse._io import DamagedFileError, read_or_explain
 from tlcourse.data.registry import UnsafeArchiveError
+
+_REMEDY = ("Delete it and get it again (a copy from $TLCOURSE_MIRROR: stage the mirror again with "
+           "`python -m tlcourse stage --to MIRROR` on a machine with a good copy).")
 
 __all__ = ["rename_into_place", "safe_extract"]
 
@@ -48,6 +52,12 @@ def _check_link(member: str, target: str, *, relative_to_member: bool) -> None:
 
 
 def _safe_member_names(archive: Path) -> list[str]:
+    """Every member's normalised path, after refusing anything unsafe; bad bytes: DamagedFileError."""
+    return read_or_explain(archive, _member_names, what="archive", remedy=_REMEDY,
+                           keep=(UnsafeArchiveError,))
+
+
+def _member_names(archive: Path) -> list[str]:
     """Every member's normalised path, after refusing anything unsafe (nothing is written)."""
     names: list[str] = []
     if zipfile.is_zipfile(archive):
@@ -62,7 +72,8 @@ def _safe_member_names(archive: Path) -> list[str]:
     try:
         tf = tarfile.open(archive)
     except tarfile.TarError as err:
-        raise ValueError(f"{archive} is neither a zip nor a tar archive ({err})") from None
+        raise DamagedFileError(archive, "archive", _REMEDY,
+                               f"it is neither a zip nor a tar archive: {err}") from None
     with tf:
         for member in tf.getmembers():
             relative = _normalised_member_name(member.name)
@@ -74,6 +85,17 @@ def _safe_member_names(archive: Path) -> list[str]:
                 raise UnsafeArchiveError(f"archive member {member.name!r} is a device or fifo")
             names.append(relative)
     return names
+
+
+def _extract_all(archive: Path, staging: Path) -> None:
+    """Unpack every member of an already checked archive into ``staging``."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(staging)
+    else:
+        with tarfile.open(archive) as tf:
+            # The "data" filter is a second guard behind the checks above.
+            tf.extractall(staging, filter="data")
 
 
 def rename_into_place(source: Path, target: Path) -> None:
@@ -109,13 +131,8 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
 
     staging = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".partial", dir=dest))
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(staging)
-        else:
-            with tarfile.open(archive) as tf:
-                # The "data" filter is a second guard behind the checks above.
-                tf.extractall(staging, filter="data")
+        read_or_explain(archive, lambda path: _extract_all(path, staging), what="archive", remedy=_REMEDY,
+                        keep=(UnsafeArchiveError,))
         for top in top_level:
             rename_into_place(staging / top, dest / top)
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets import CIFAR10, ImageFolder
 
+from tlcourse._io import read_or_explain
 from tlcourse.data.fetch import locate
 from tlcourse.data.folders import CheckedImageFolder
 from tlcourse.data.images import Transform, load_rgb
@@ -93,6 +95,14 @@ def cifar10(split: str = "train", transform: Transform | None = None) -> Dataset
     return dataset
 
 
+def _read_arrays(path: Path, keys: Sequence[str]) -> tuple[list[str], tuple[np.ndarray, ...] | None]:
+    """An ``.npz`` file's array names, and the ``keys`` arrays read now (None if one is missing)."""
+    with np.load(path, allow_pickle=False) as arrays:
+        if any(key not in arrays.files for key in keys):
+            return sorted(arrays.files), None
+        return sorted(arrays.files), tuple(arrays[key] for key in keys)
+
+
 class NpzImageDataset(Dataset):
     """One split of a MedMNIST-style ``.npz`` file: ``(PIL RGB image, int label)`` pairs.
 
@@ -107,12 +117,15 @@ class NpzImageDataset(Dataset):
         transform: Transform | None = None,
         classes: Sequence[str] | None = None,
     ) -> None:
-        with np.load(path) as arrays:
-            keys = (f"{split}_images", f"{split}_labels")
-            missing = [key for key in keys if key not in arrays.files]
-            if missing:
-                raise ValueError(f"{path} has no {missing}; it has {sorted(arrays.files)}")
-            images, labels = arrays[keys[0]], arrays[keys[1]]
+        keys = (f"{split}_images", f"{split}_labels")
+        files, arrays = read_or_explain(
+            path, lambda p: _read_arrays(p, keys), what="MedMNIST .npz file",
+            remedy="Delete it; tlcourse.data.locate fetches it again (if it came from $TLCOURSE_MIRROR, "
+                   "stage the mirror again with `python -m tlcourse stage --to MIRROR`).")
+        if arrays is None:
+            missing = [key for key in keys if key not in files]
+            raise ValueError(f"{path} has no {missing}; it has {files}")
+        images, labels = arrays
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1 or len(labels) != len(images):

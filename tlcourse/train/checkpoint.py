@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlcourse._io import atomic_save, remove_partial_files
+from tlcourse._io import DamagedFileError, atomic_save, read_or_explain, remove_partial_files
 from tlcourse.models import describe_state_dict, model_info
 from tlcourse.train.callbacks import Callback, Run
 
@@ -100,28 +100,37 @@ def _describe_model(state: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     return f"{backbone}{f' with {outputs} outputs' if outputs else ''} ({len(state)} tensors)"
 
 
+_DAMAGED_REMEDY = ("(A run killed by an older tool, a copy cut short?) Delete it, or point checkpoint_dir "
+                   "to another folder.")
+
+
+def _format_problem(ckpt: Any) -> str | None:
+    """Why ``ckpt`` is no checkpoint this version reads (not a dict, another format); else None."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a dict"
+    if "format" in ckpt and ckpt["format"] != CHECKPOINT_FORMAT:  # bare state_dicts carry none
+        return f"it has format {ckpt['format']!r}; this version of tlcourse reads format {CHECKPOINT_FORMAT}"
+    return None
+
+
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with errors that name the file and say what to do."""
-    damaged = (f"Could not read checkpoint {path}: the file is damaged or not a checkpoint "
-               "(a run killed by an older tool, a copy cut short?). Delete it, or point "
-               "checkpoint_dir to another folder.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        blocked = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        return read_or_explain(
+            path, lambda p: torch.load(p, map_location=map_location, weights_only=True),
+            what="checkpoint", remedy=_DAMAGED_REMEDY, check=_format_problem)
+    except DamagedFileError as err:
+        cause = err.__cause__
+        blocked = ([line.strip() for line in str(cause).splitlines() if "GLOBAL" in line]
+                   if isinstance(cause, pickle.UnpicklingError) else [])
         if not blocked:
-            raise ValueError(f"{damaged} ({type(err).__name__}: {err})") from err
+            raise
         raise ValueError(
             f"Refused to load checkpoint {path}: it holds Python objects other than tensors, "
             f"numbers, strings, lists and dicts, and unpickling those can run arbitrary code "
             f"({blocked[0]}). tlcourse never writes such files. Only if you fully trust its source, "
             "load it yourself with torch.load(path, weights_only=False) and save its state_dict."
-        ) from err
-    except Exception as err:  # truncated file, not a torch file
-        raise ValueError(f"{damaged} ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"Checkpoint {path} holds a {type(ckpt).__name__}, not a dict.")
-    return ckpt
+        ) from cause
 
 
 def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None, *,

@@ -1,0 +1,134 @@
+"""The advisor widget in JupyterLab, in a real (headless, offline) Chromium (issue 15, point 6).
+
+Starts the course's JupyterLab on 127.0.0.1 over a temporary folder holding one small notebook
+that calls ``tlcourse.advisor.advisor_panel`` as notebook 04 does, opens it, runs its cells, and
+checks that the sliders and the matrix figure render, and that moving the similarity slider
+changes both the figure and the advice. Screenshots go to ``build/screenshots``. Without Chromium
+it skips and names the package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+from headless_chromium import Chromium, find_chromium
+
+from tlcourse.paths import build_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CELL = ('from tlcourse.advisor import advisor_panel\n'
+        'advisor_panel({"cifar10": (5000, 0.9), "brain-mri": (120, 0.2)})')
+
+# What the page shows: the advice text and the figure's image data in the widget's output area.
+ADVICE_JS = "[...document.querySelectorAll('.jp-OutputArea-output pre')].map(e => e.textContent).join('')"
+NOTEBOOK_JS = "[...jupyterapp.shell.widgets('main')].find(w => w.sessionContext)"
+FIGURE_JS = "(document.querySelector('.jp-OutputArea-output img') || {}).src || ''"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """JupyterLab over a tmp folder with ``advisor.ipynb``; yields the notebook's URL."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CELL)],
+                                            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                     "language": "python"}}),
+                   folder / "advisor.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}
+    flags = ["--no-browser", f"--port={port}", f"--ServerApp.token={token}", "--ServerApp.port_retries=0",
+             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+             "jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        flags.append("--allow-root")
+    log = (tmp_path / "lab.log").open("w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("jupyter")), "lab", "--ip=127.0.0.1", *flags,
+                             str(folder)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert proc.poll() is None, (tmp_path / "lab.log").read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).close()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, "jupyter lab did not answer within 40 s"
+                time.sleep(0.25)
+        yield f"{base}/lab/tree/advisor.ipynb?token={token}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _wait(browser: Chromium, expression: str, timeout: float, shots: Path) -> None:
+    """``browser.wait_for``; on a timeout, a screenshot and what the page said, in the error."""
+    try:
+        browser.wait_for(expression, timeout=timeout)
+    except TimeoutError as err:
+        browser.screenshot(shots / "advisor-failure.png")
+        state = browser.evaluate("JSON.stringify({title: document.title, app: !!window.jupyterapp, "
+                                 "widget: !!(window.jupyterapp && jupyterapp.shell.currentWidget), "
+                                 "text: document.body.innerText.slice(-600)})")
+        raise AssertionError(f"{err}; page: {state}; errors: {browser.log.errors[-5:]}") from None
+
+
+def _press_enter(browser: Chromium) -> None:
+    for kind in ("rawKeyDown", "keyUp"):
+        browser.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                     windowsVirtualKeyCode=13, nativeVirtualKeyCode=13)
+
+
+def test_advisor_widget_renders_and_follows_its_slider(lab: str) -> None:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium: install the Debian/Ubuntu package `chromium` (apt-get install chromium)")
+    shots = build_dir() / "screenshots"
+    with Chromium(binary, timeout=60) as browser:
+        browser.open(lab)
+        # A headless page has no focus, so the notebook is found among the open widgets and activated.
+        _wait(browser, f"!!(window.jupyterapp && {NOTEBOOK_JS} && {NOTEBOOK_JS}.sessionContext.session "
+                       f"&& {NOTEBOOK_JS}.sessionContext.session.kernel)", 60, shots)
+        browser.evaluate(f"(() => {{ jupyterapp.shell.activateById({NOTEBOOK_JS}.id); return true; }})()")
+        browser.evaluate("jupyterapp.commands.execute('notebook:run-all-cells').then(() => true, () => false)")
+        _wait(browser, "document.querySelectorAll('.widget-slider').length >= 2 && "
+                         f"({FIGURE_JS}.startsWith('data:image/png') || {FIGURE_JS}.startsWith('blob:'))",
+                         90, shots)
+        _wait(browser, f"{ADVICE_JS}.includes('small & similar')", 30, shots)
+        before_figure, before_advice = browser.evaluate(FIGURE_JS), browser.evaluate(ADVICE_JS)
+        browser.screenshot(shots / "advisor-before.png")
+
+        # Move the similarity slider: type into its readout and press Enter, as a learner can.
+        browser.evaluate("(() => { const r = [...document.querySelectorAll('.widget-slider')]"
+                         ".find(s => s.textContent.includes('similarity')).querySelector('.widget-readout');"
+                         " r.focus(); r.textContent = '0.05'; return true; })()")
+        _press_enter(browser)
+        _wait(browser, f"{ADVICE_JS}.includes('small & dissimilar')", 30, shots)
+        _wait(browser, f"!!{FIGURE_JS} && {FIGURE_JS} !== {before_figure!r}", 30, shots)
+        after_figure, after_advice = browser.evaluate(FIGURE_JS), browser.evaluate(ADVICE_JS)
+        browser.screenshot(shots / "advisor-after.png")
+    assert after_advice != before_advice and "similarity 0.05" in after_advice
+    assert after_figure != before_figure
+    assert (shots / "advisor-before.png").stat().st_size > 1000
