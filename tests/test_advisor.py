@@ -218,7 +218,7 @@ def test_the_verdict_calls_a_winner_only_when_the_seed_interval_excludes_zero():
     assert decision_matrix.verdict("small_similar", close).startswith("no measurable difference")
     clear = table(probe_last=[0.75, 0.77, 0.79], probe_early=[0.85, 0.86, 0.84])
     text = decision_matrix.verdict("small_similar", clear)
-    assert text.startswith("probe_early is better than probe_last (★) by 8.0 points") and "%" in text
+    assert text.startswith("probe_early is better than probe_last by 8.0 points") and "Welch" in text
     assert "is a textbook strategy" in decision_matrix.verdict("small_dissimilar", clear)
     one_seed = table(probe_last=[0.70], probe_early=[0.90])
     assert decision_matrix.verdict("small_similar", one_seed).startswith("one seed, no interval")

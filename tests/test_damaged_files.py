@@ -182,3 +182,19 @@ def test_read_or_explain_keeps_missing_files_and_the_cause(tmp_path: Path) -> No
     with pytest.raises(DamagedFileError, match=r"Could not read report .*r\.json.*Run it again\.") as info:
         read_or_explain(bad, read_json, what="report", remedy="Run it again.")
     assert isinstance(info.value.__cause__, json.JSONDecodeError)
+
+
+# ----------------------------------------------------------------------------- decision-matrix results
+
+
+@pytest.mark.parametrize("how", CUTS)
+def test_damaged_decision_matrix_results_name_the_file(tmp_path: Path, how: str) -> None:
+    from tlcourse import decision_matrix
+
+    rows = [{"quadrant": "small_similar", "strategy": "probe_last", "seed": 0, "accuracy": 0.9}]
+    path, _ = decision_matrix.save_results(rows, tmp_path / "matrix.json", meta={"command": "test"})
+    assert decision_matrix.load_results(path)["rows"] == rows
+    cut(path, how)
+    with pytest.raises(DamagedFileError) as info:
+        decision_matrix.load_results(path)
+    assert_names_and_advises(info.value, path, "Delete it")

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tlcourse import evaluation, features, models, tables
-from tlcourse._io import atomic_write_text
+from tlcourse._io import atomic_write_text, read_json, read_or_explain
 from tlcourse.data import TensorImages
 from tlcourse.runtime import seed_everything
 from tlcourse.strategies import (
@@ -228,7 +228,7 @@ def verdict(quadrant: str, table: Mapping[str, Mapping[str, Any]]) -> str:
     if not candidates:
         return "textbook strategy not measured"
     textbook = max(candidates, key=lambda s: table[s]["mean"])
-    return evaluation.compare_seeds(winner, table[winner]["values"], f"{textbook} (★)", table[textbook]["values"])
+    return evaluation.compare_seeds(winner, table[winner]["values"], textbook, table[textbook]["values"])
 
 
 _CSV_FIELDS = ("quadrant", "domain", "dataset", "n_per_class", "strategy", "seed", "accuracy", "seconds")
@@ -252,11 +252,15 @@ def save_results(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
 
 
 def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"meta": ..., "rows": [...]}`` as written by :func:`save_results`."""
-    doc = json.loads(Path(path).read_text())
-    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
-        raise ValueError(f"{path} is not a decision-matrix results file (no 'rows' list)")
-    return doc
+    """``{"meta": ..., "rows": [...]}`` as written by :func:`save_results`.
+
+    A damaged file, or a JSON file of another kind, raises :class:`tlcourse._io.DamagedFileError`
+    naming the file and what to do.
+    """
+    return read_or_explain(
+        Path(path), read_json, what="decision-matrix results file",
+        remedy="Delete it and run the measurement again (or restore the reference copy from git).",
+        check=lambda d: None if isinstance(d, dict) and isinstance(d.get("rows"), list) else "no 'rows' list")
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +309,7 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
         ax.set_yticks(y, labels, fontsize=8)
         dataset, n = info[quadrant]
         ax.set_title(f"{quadrant_title(quadrant)}: {dataset}, {n}/class\n"
-                     + textwrap.fill(verdict(quadrant, table), 75), fontsize=8)
+                     + textwrap.fill("vs the textbook (★): " + verdict(quadrant, table), 80), fontsize=8)
         ax.set_xlim(0, 1)
         ax.axvline(0.5, color="0.8", lw=0.8, ls=":")
     for ax in axes[1]:
