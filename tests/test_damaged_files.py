@@ -198,3 +198,54 @@ def test_damaged_decision_matrix_results_name_the_file(tmp_path: Path, how: str)
     with pytest.raises(DamagedFileError) as info:
         decision_matrix.load_results(path)
     assert_names_and_advises(info.value, path, "Delete it")
+
+
+# ----------------------------------------------------------------------------- bundles and exported ONNX files
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    from tlcourse import inference, models
+
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = models.build_backbone("efficientnet_lite0", 2, pretrained=False).eval()
+    pre = models.backbone_spec("efficientnet_lite0").preprocessing()
+    bundle = inference.export_bundle(model, folder / "model.pt", class_names=["a", "b"], preprocessing=pre)
+    onnx_file = inference.export_onnx(model, folder / "model.onnx", 64, class_names=["a", "b"], preprocessing=pre)
+    return Path(bundle), Path(onnx_file)
+
+
+@pytest.mark.parametrize("how", CUTS)
+def test_damaged_bundle_names_the_file_and_says_export_again(exported, tmp_path: Path, how: str) -> None:
+    from tlcourse import inference
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(exported[0].read_bytes())
+    assert inference.load_bundle(path).class_names == ["a", "b"]
+    cut(path, how)
+    with pytest.raises(DamagedFileError) as info:
+        inference.load_bundle(path)
+    assert_names_and_advises(info.value, path, "Export it again")
+
+
+def test_bundle_of_another_format_names_both_formats(exported, tmp_path: Path) -> None:
+    from tlcourse import inference
+
+    raw = torch.load(exported[0], weights_only=True)
+    path = save_checkpoint({**raw, "format": 99}, tmp_path / "future.pt")
+    with pytest.raises(DamagedFileError, match=r"format 99.*reads format 1"):
+        inference.load_bundle(path)
+
+
+@pytest.mark.parametrize("how", CUTS)
+def test_damaged_onnx_export_names_the_file(exported, tmp_path: Path, how: str) -> None:
+    from tlcourse import inference
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(exported[1].read_bytes())
+    assert inference.onnx_metadata(path)["class_names"] == ["a", "b"]
+    cut(path, how)
+    with pytest.raises(DamagedFileError) as info:
+        inference.onnx_metadata(path)
+    assert_names_and_advises(info.value, path, "Export it again")

@@ -148,3 +148,12 @@ def test_build_dir_under_a_file_is_a_clear_error(tmp_path: Path, monkeypatch: py
     with pytest.raises(OSError, match="part of the path is a file"):
         atomic_write_text(tmp_path / "build" / "report.html", "x")
     assert (tmp_path / "build").read_text() == "not a folder"
+
+
+def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path: Path) -> None:
+    """mkstemp creates 0600 files; a bundle or checkpoint shared with a classroom must not be
+    owner-only when a plain ``open(path, "w")`` would not have made it so."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert os.stat(written).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -154,3 +154,16 @@ def test_a_failed_onnx_export_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="test-time augmentation"):
         export_onnx(LeftBright(), target, 8, tta="five-crop")
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_adaptive_pool_onnx_cannot_express_is_exported_as_its_equivalent(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), nn.Linear(196, 2)).eval()
+    path = export_onnx(model, tmp_path / "pool.onnx", 11)  # a 5x5 map pooled to 7x7, as VGG-19's at 160 px
+    assert isinstance(model[1], nn.AdaptiveAvgPool2d), "the model is restored after the export"
+    x = torch.randn(3, 3, 11, 11)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    assert np.abs(session.run(None, {"image": x.numpy()})[0] - expected).max() < 1e-5

@@ -68,6 +68,10 @@ def test_dropout_follows_the_mode_of_the_part():
         assert not torch.equal(split.upper(a), split.upper(a))
         split.upper.eval()
         assert torch.equal(split.upper(a), split.upper(a))
+        model.train()  # the parts follow the model's own mode too
+        assert not torch.equal(split.upper(a), split.upper(a))
+        model.eval()
+        assert torch.equal(split.upper(a), split.upper(a))
 
 
 def test_unknown_or_deepest_stages_are_refused(lite):

@@ -125,6 +125,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield Path(tmp_name)
         with open(tmp_name, "rb+") as f:  # make the bytes durable before the rename
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp_name, path)
     except BaseException as err:
         if tmp_name is not None:
@@ -137,6 +138,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; put it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _disk_error_in(err: BaseException) -> OSError | None:

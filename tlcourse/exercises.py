@@ -61,6 +61,11 @@ EXERCISES: dict[str, Exercise] = {
         hint="Hash every training file with data.sha256sum, keep the validation images whose hash is "
              "not among them, then count the kept targets per class (np.bincount).",
     ),
+    "03.1": Exercise(
+        expected=False,
+        hint="A new file changes the dataset fingerprint (paths, sizes, mtimes), so the cache key is new "
+             "and the first call extracts the features again: it is not a cache hit.",
+    ),
     "05.1": Exercise(
         expected=25 * (694 + 200),
         hint="Each of the 25 epochs runs every training image (694) and every validation image (200) "

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tlcourse._io import atomic_path, atomic_save
+from tlcourse._io import atomic_path, atomic_save, format_problem, read_or_explain
 from tlcourse.data import load_rgb, to_rgb
 from tlcourse.models import Preprocessing, backbone_spec, build_backbone
 
@@ -163,6 +163,59 @@ def predict(
 ONNX_OPSET = 17
 
 
+def _pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """The (n_out, n_in) averaging matrix of adaptive average pooling along one axis."""
+    m = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)  # PyTorch's floor/ceil bins
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+class _FixedAdaptiveAvgPool(nn.Module):
+    """``AdaptiveAvgPool2d`` for one fixed input size, as two matrix products.
+
+    ONNX has no adaptive pooling whose output size does not divide its input size (VGG's
+    ``AdaptiveAvgPool2d((7, 7))`` on the 5x5 map of a 160 px image); for a fixed size it is a
+    linear map, which exports as ``MatMul``.
+    """
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("rows", _pool_matrix(in_hw[0], out_hw[0]), persistent=False)
+        self.register_buffer("cols", _pool_matrix(in_hw[1], out_hw[1]).T.contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rows @ x @ self.cols
+
+
+def _swap_adaptive_pools(model: nn.Module, dummy: torch.Tensor) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace the adaptive average pools ONNX cannot express at this input size; returns what to restore."""
+    sizes: dict[str, tuple[int, int]] = {}
+    pools = {name: m for name, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
+             for name, m in pools.items()]
+    try:
+        with torch.no_grad():
+            model(dummy)
+    finally:
+        for h in hooks:
+            h.remove()
+    swapped = []
+    for name, pool in pools.items():
+        if name not in sizes:
+            continue
+        wanted = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size, pool.output_size)
+        out_hw = tuple(s if o is None else int(o) for o, s in zip(wanted, sizes[name]))
+        if all(s % o == 0 for s, o in zip(sizes[name], out_hw)):
+            continue  # ONNX exports this one as it is
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, _FixedAdaptiveAvgPool(sizes[name], out_hw))  # type: ignore[arg-type]
+        swapped.append((parent, child, pool))
+    return swapped
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -176,7 +229,8 @@ def export_onnx(
     """Export ``model`` to an ONNX file: input ``image`` ``(N, 3, image_size, image_size)``, output ``logits``.
 
     The batch size is free; the image size is fixed (the padding of TF-style convolutions is
-    computed from it). The input is the *normalised* tensor, as for the PyTorch model, so the
+    computed from it, and an adaptive average pool whose output size does not divide its input,
+    such as VGG's at 160 px, is exported as the equivalent matrix products for that size). The input is the *normalised* tensor, as for the PyTorch model, so the
     file states the preprocessing that produces it: ``class_names``, ``preprocessing`` and ``tta``
     are stored as JSON in the model's metadata (:func:`onnx_metadata` reads them back). The model
     is exported in eval mode on the CPU (its mode and device are restored) with PyTorch's
@@ -191,6 +245,7 @@ def export_onnx(
     was_training = model.training
     model.eval().cpu()
     dummy = torch.zeros(1, 3, image_size, image_size)
+    swapped = _swap_adaptive_pools(model, dummy)
     try:
         with atomic_path(path) as tmp, warnings.catch_warnings():
             # The legacy exporter warns that it is legacy, and TF-style padding that it is computed
@@ -214,6 +269,8 @@ def export_onnx(
             onnx.checker.check_model(graph)
             onnx.save(graph, str(tmp))
     finally:
+        for parent, child, pool in swapped:
+            setattr(parent, child, pool)
         model.to(device).train(was_training)
     return Path(path)
 
@@ -225,7 +282,10 @@ def onnx_metadata(source: Any) -> dict[str, Any]:
     else:
         import onnx
 
-        props = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+        graph = read_or_explain(Path(source), lambda p: onnx.load(str(p), load_external_data=False),
+                                what="ONNX model", remedy="Export it again with export_onnx.",
+                                check=lambda g: None if len(g.graph.node) else "it holds no graph")
+        props = {p.key: p.value for p in graph.metadata_props}
     return {k: json.loads(v) for k, v in props.items()}
 
 
@@ -298,10 +358,9 @@ class Bundle:
 
 def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Bundle:
     """Rebuild the model of an :func:`export_bundle` file (no download: the weights are in it)."""
-    raw = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
-        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path} is not a tlcourse model bundle of format {BUNDLE_FORMAT} (found {found!r})")
+    raw = read_or_explain(Path(path), lambda p: torch.load(p, map_location=device, weights_only=True),
+                          what="model bundle", remedy="Export it again with export_bundle, or ask for a new copy.",
+                          check=lambda b: format_problem(b, BUNDLE_FORMAT))
     model = build_backbone(raw["backbone"], num_classes=int(raw["num_classes"]), pretrained=False)
     model.load_state_dict(raw["state_dict"])  # strict: every tensor must fit
     model.to(device).eval()

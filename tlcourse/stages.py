@@ -57,15 +57,24 @@ class _Tracer(fx.Tracer):
 
 
 class _ByMode(nn.Module):
-    """Two traces of the same part, one per mode; ``forward`` runs the one of the current mode."""
+    """Two traces of the same part, one per mode; ``forward`` runs the one of the current mode.
+
+    The mode is read from the model's own modules that the part runs (its first module that is not
+    a BatchNorm), so ``model.eval()`` and ``part.eval()`` both switch it, and BatchNorm layers set
+    to eval mode on purpose while training do not.
+    """
 
     def __init__(self, train_graph: fx.GraphModule, eval_graph: fx.GraphModule) -> None:
         super().__init__()
         self.train_graph = train_graph
         self.eval_graph = eval_graph
+        leaves = [m for m in eval_graph.modules() if not list(m.children())
+                  and not isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._mode_of = leaves[:1]  # a plain list: not registered as a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.train_graph if self.training else self.eval_graph)(x)
+        training = self._mode_of[0].training if self._mode_of else self.training
+        return (self.train_graph if training else self.eval_graph)(x)
 
 
 def _call_node(graph: fx.Graph, target: str) -> fx.Node:
