@@ -57,7 +57,7 @@ def main() -> None:
             steps(model, opt, x, y, 2)  # warm-up
             variants[name] = (model, opt, x, y, [])
         for _ in range(args.rounds):
-            for name, (model, opt, x, y, times) in variants.items():
+            for model, opt, x, y, times in variants.values():
                 times.append(steps(model, opt, x, y, args.steps))
         med = {name: statistics.median(v[4]) for name, v in variants.items()}
         low = {name: min(v[4]) for name, v in variants.items()}

@@ -11,7 +11,6 @@ import os
 import pickle
 import time
 import warnings
-import zipfile
 from collections import Counter
 from pathlib import Path
 

@@ -112,8 +112,9 @@ def make_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def make_tar(path: Path, files: dict[str, bytes], links: dict[str, tuple[bytes, str]] = {}) -> Path:
+def make_tar(path: Path, files: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None) -> Path:
     """A tar.gz with regular ``files`` and ``links`` name -> (tarfile type, target)."""
+    links = links or {}
     with tarfile.open(path, "w:gz") as tf:
         for name, content in files.items():
             info = tarfile.TarInfo(name)
