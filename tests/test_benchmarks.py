@@ -234,7 +234,7 @@ def test_engine_rows_agree_on_generated_data(tiny: Tiny, jpegs: Path, tmp_path: 
         rows.append({"size": 16, "step": f"{prefix} row", "img_per_s": float(len(rows) + 1)})
     table = extraction._engines(rows, (16,))
     assert table == [{"size": 16, **{key: float(i + 1) for i, key in enumerate(extraction.ENGINE_ROWS)}}]
-    assert runtime.LAST_EXTRACTION["workers"] == 1  # the course default decodes in a worker (6 batches)
+    assert runtime.LAST_EXTRACTION["workers"] == runtime.CPU_INFERENCE_WORKERS  # the measured default
 
 
 def test_training_steps_section_on_a_tiny_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,3 +47,12 @@ def test_check_metrics_reports_each_failure():
     assert len(failures) == 3 and "below the minimum" in failures[0] and "not recorded" in failures[2]
     with pytest.raises(ValueError, match="unknown keys"):
         R.check_metrics(metrics, {"acc": {"atleast": 1}})
+
+
+def test_an_interval_is_recorded_with_its_bounds(tmp_path, monkeypatch):
+    from tlcourse.evaluation import accuracy_ci
+
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path))
+    R.record("nb", {"acc_ci": accuracy_ci(90, 100)})
+    stored = R.load_metrics("nb")["acc_ci"]
+    assert stored["value"] == 0.9 and stored["low"] < 0.9 < stored["high"] and stored["n"] == 100

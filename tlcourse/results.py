@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tlcourse._io import atomic_write_text, locked, read_json, read_or_explain
+from tlcourse.evaluation import Estimate
 from tlcourse.paths import build_dir
 
 PROFILES = ("ci", "default", "gpu")
@@ -52,7 +53,11 @@ def resolve_profile(profile: str, table: Mapping[str, Mapping[str, Any]], **over
 
 
 def _plain(value: Any) -> Any:
-    """JSON-friendly version of numbers coming from numpy or torch."""
+    """JSON-friendly version of numbers from numpy or torch; an interval
+    (:class:`tlcourse.evaluation.Estimate`) becomes ``{"value", "low", "high", "n", "level"}``."""
+    if isinstance(value, Estimate):
+        return _plain({"value": value.value, "low": value.low, "high": value.high, "n": value.n,
+                       "level": value.level})
     if hasattr(value, "item") and callable(value.item):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -62,13 +62,16 @@ ENGINES = ("eager", "onnxruntime")
 CPU_ENGINE = "onnxruntime"
 
 #: CPU training on a bf16-capable CPU (:func:`cpu_supports_bf16`) runs under bf16 autocast for
-#: image batches at least this many pixels on a side. ``benchmarks`` (section ``training_steps``)
-#: measures why: bf16 pays off on large inputs only; at small sizes the casts eat the gain.
-CPU_BF16_MIN_SIDE = 160
+#: image batches at least this many pixels on a side; ``None``: never by default (``bf16=True``
+#: asks for it). ``python -m benchmarks --only training_steps`` measures whether it pays off on
+#: the machine at hand; on the course's reference CPU it did not at any size (see the README).
+CPU_BF16_MIN_SIDE: int | None = None
 
 #: DataLoader workers that decode images while a CPU inference engine computes; a worker costs
 #: a process start, so loaders with fewer batches than ``WORKER_MIN_BATCHES`` decode in-process.
-CPU_INFERENCE_WORKERS = 1
+#: 0: on a 2-core CPU the engine on every core beat a decoding worker beside it (the
+#: ``extraction`` benchmark has both rows); raise it on machines with cores to spare.
+CPU_INFERENCE_WORKERS = 0
 WORKER_MIN_BATCHES = 4
 
 
@@ -278,7 +281,8 @@ def device_settings(
     and asynchronous copies, cuDNN benchmark. CPU: channels_last; training runs float32, with
     bf16 autocast for inputs of at least :data:`CPU_BF16_MIN_SIDE` px where
     :func:`cpu_supports_bf16` (``bf16=True``: always, ``False``: never); inference runs float32
-    on :data:`CPU_ENGINE` with one decoding worker (``bf16=True`` means eager bf16 autocast).
+    on :data:`CPU_ENGINE` with :data:`CPU_INFERENCE_WORKERS` decoding workers (``bf16=True``
+    means eager bf16 autocast).
     MPS: float32. ``inference=True`` gives the batch size for forward passes only (no loss
     scaler). A ``DeviceSettings`` passed in is returned as it is, with ``batch_size`` and
     ``threads`` applied when given.
@@ -292,7 +296,7 @@ def device_settings(
     if cpu and bf16:
         amp_dtype = torch.bfloat16
     bf16_min_side = None
-    if cpu and bf16 is None and not inference and cpu_supports_bf16():
+    if cpu and bf16 is None and not inference and cpu_supports_bf16() and CPU_BF16_MIN_SIDE is not None:
         bf16_min_side = CPU_BF16_MIN_SIDE
     if engine is None:
         engine = CPU_ENGINE if cpu and inference and amp_dtype is None else "eager"
