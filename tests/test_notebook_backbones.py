@@ -1,7 +1,8 @@
 """Every lesson runs with the classic backbones the seeds' recipes were written for.
 
 A learner with internet (or a mirror) sets ``BACKBONE = "resnet18"`` first. These runs execute
-each notebook's ``ci`` profile with that backbone (and notebook 05 with ``vgg19`` too) against
+each notebook's ``ci`` profile with that backbone (notebook 05 with ``vgg19`` too:
+``test_notebook_vgg19.py``; offline without weights: ``test_notebook_offline.py``) against
 a temporary torch hub cache holding checkpoints this test writes: **random weights** under the
 file names torchvision expects. Random weights make accuracies meaningless, so this checks that
 every cell executes and that the recorded results have their structure (every metric the
@@ -22,7 +23,7 @@ from tlcourse.course import execute_notebook, notebooks
 from tlcourse.models import backbone_spec
 from tlcourse.results import metrics_path
 
-CASES = [(p, "resnet18") for p in notebooks()] + [(p, "vgg19") for p in notebooks() if p.stem.startswith("05")]
+CASES = [(p, "resnet18") for p in notebooks()]
 
 
 def _hub_with_random_weights(root: Path, names: list[str]) -> Path:
@@ -35,15 +36,14 @@ def _hub_with_random_weights(root: Path, names: list[str]) -> Path:
     return root
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("path, backbone", CASES, ids=[f"{p.stem}-{b}" for p, b in CASES])
-def test_notebook_runs_to_the_end_with_a_classic_backbone(path: Path, backbone: str, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch):
+def run_with_backbone(path: Path, backbone: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      **knobs: object) -> None:
+    """Execute ``path`` in its ci profile with ``backbone`` (random weights) and check its record."""
     monkeypatch.setenv("TORCH_HOME", str(_hub_with_random_weights(tmp_path / "torch", [backbone])))
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
     executed = tmp_path / path.name
     execute_notebook(path, executed, profile="ci", progress=False, cell_timeout=900,
-                     parameters={"BACKBONE": backbone})
+                     parameters={"BACKBONE": backbone, **knobs})
     nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[:1]
@@ -55,22 +55,7 @@ def test_notebook_runs_to_the_end_with_a_classic_backbone(path: Path, backbone: 
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("path", notebooks(), ids=[p.stem for p in notebooks()])
-def test_offline_without_weights_the_first_model_cell_names_the_ways_out(path: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch):
-    """Every notebook makes the same choice offline: stop at its first model cell with the
-    registry's message (no silent fallback to another backbone)."""
-    import papermill
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
-    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
-    with pytest.raises(papermill.PapermillExecutionError) as failure:
-        execute_notebook(path, tmp_path / path.name, profile="ci", progress=False, cell_timeout=900,
-                         parameters={"BACKBONE": "resnet18"})
-    assert failure.value.ename == "WeightsUnavailableError"
-    assert "Ways out" in failure.value.evalue and "resnet18" in failure.value.evalue
-    executed = nbformat.read(tmp_path / path.name, as_version=4)
-    code = [c for c in executed.cells if c.cell_type == "code"]
-    failed = next(i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs))
-    assert not any("build_backbone" in c.source for c in code[:failed]), \
-        "the first cell that builds a model is the one that stops"
+@pytest.mark.parametrize("path, backbone", CASES, ids=[f"{p.stem}-{b}" for p, b in CASES])
+def test_notebook_runs_to_the_end_with_a_classic_backbone(path: Path, backbone: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    run_with_backbone(path, backbone, tmp_path, monkeypatch)

@@ -356,11 +356,16 @@ class Bundle:
         return predict(self.model, image, preprocessing=self.preprocessing, class_names=self.class_names, tta=self.tta)
 
 
+def _not_a_bundle(raw: Any) -> str | None:
+    problem = format_problem(raw, BUNDLE_FORMAT)
+    return None if problem is None else f"not a tlcourse model bundle of format {BUNDLE_FORMAT}: {problem}"
+
+
 def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Bundle:
     """Rebuild the model of an :func:`export_bundle` file (no download: the weights are in it)."""
     raw = read_or_explain(Path(path), lambda p: torch.load(p, map_location=device, weights_only=True),
                           what="model bundle", remedy="Export it again with export_bundle, or ask for a new copy.",
-                          check=lambda b: format_problem(b, BUNDLE_FORMAT))
+                          check=_not_a_bundle)
     model = build_backbone(raw["backbone"], num_classes=int(raw["num_classes"]), pretrained=False)
     model.load_state_dict(raw["state_dict"])  # strict: every tensor must fit
     model.to(device).eval()
