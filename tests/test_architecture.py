@@ -28,21 +28,14 @@ def sources() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return True
-    return False
-
-
 def imports(path: Path, known: set[str]) -> list[tuple[str, bool]]:
-    """``(imported tlcourse module, inside a function?)`` for every runtime import in ``path``."""
+    """``(imported tlcourse module, inside a function?)`` for every import in ``path`` (those under
+    ``if TYPE_CHECKING:`` included: a cycle for the type checker is a cycle for the reader)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, (ast.Import, ast.ImportFrom)) or _type_checking_only(node, parents):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
         if isinstance(node, ast.ImportFrom) and node.module in known:  # from pkg import submodule

@@ -4,15 +4,17 @@
   one screen (notebook 02 writes them inline first);
 - :mod:`~tlcourse.train.fit`: ``fit``, which repeats them and calls the callbacks;
 - :mod:`~tlcourse.train.callbacks`: the ``Callback`` protocol and the ``Run`` state;
-- :mod:`~tlcourse.train.checkpoint`: ``History``, ``best.pt``/``last.pt`` and resume.
+- :mod:`~tlcourse.train.history`: ``History``, the per-epoch record;
+- :mod:`~tlcourse.train.checkpoint`: ``best.pt``/``last.pt`` and resume.
 
 Device, seeds and mixed precision come from :mod:`tlcourse.runtime`; multi-process training
 is a callback in :mod:`tlcourse.distributed`, which imports this package (never the reverse).
 """
 
 from tlcourse.train.callbacks import Callback, EpochEndFunction, Run
-from tlcourse.train.checkpoint import CHECKPOINT_FORMAT, Checkpoints, History, load_checkpoint, save_checkpoint
+from tlcourse.train.checkpoint import CHECKPOINT_FORMAT, Checkpoints, load_checkpoint, save_checkpoint
 from tlcourse.train.fit import checked_loss, fit
+from tlcourse.train.history import History
 from tlcourse.train.loops import EpochStats, Meter, evaluate, set_train_mode, train_one_epoch
 
 __all__ = [

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from tlcourse.runtime import DeviceSettings
+from tlcourse.train.history import History
 from tlcourse.train.loops import EpochStats
-
-if TYPE_CHECKING:
-    from tlcourse.train.checkpoint import History
 
 __all__ = ["Callback", "EpochEndFunction", "Run"]
 

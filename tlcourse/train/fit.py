@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from tlcourse.data import dataset_num_classes
 from tlcourse.runtime import DeviceSettings, device_settings, epoch_seed, seed_everything
 from tlcourse.train.callbacks import Callback, EpochEnd, EpochEndFunction, Run
-from tlcourse.train.checkpoint import Checkpoints, History
+from tlcourse.train.checkpoint import Checkpoints
+from tlcourse.train.history import History
 from tlcourse.train.loops import evaluate, train_one_epoch
 
 __all__ = ["checked_loss", "fit"]
