@@ -5,27 +5,16 @@ progress bars render in the notebooks."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from jupyter_lab import jupyter_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDGETS_EXTENSION = "@jupyter-widgets/jupyterlab-manager"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(url: str, token: str) -> dict | list:
@@ -38,41 +27,8 @@ def _get(url: str, token: str) -> dict | list:
 def lab(tmp_path_factory: pytest.TempPathFactory):
     """`make lab`'s command (jupyter lab --ip=127.0.0.1 notebooks/) with a free port, a random
     token and no browser; yields its base URL and token, and shuts it down afterwards."""
-    port, token = _free_port(), secrets.token_hex(16)
-    runtime = tmp_path_factory.mktemp("jupyter-runtime")
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}  # no connection files in the user's folder
-    jupyter = Path(sys.executable).with_name("jupyter")
-    flags = ["--no-browser", f"--port={port}", f"--ServerApp.token={token}", "--ServerApp.port_retries=0"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        flags.append("--allow-root")  # CI and containers run as root
-    log_path = runtime / "lab.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [str(jupyter), "lab", "--ip=127.0.0.1", *flags, "notebooks/"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"jupyter lab exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                _get(f"{base}/api/status", token)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail("jupyter lab did not answer on 127.0.0.1 within 60 s")
-                time.sleep(0.25)
-        yield base, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with jupyter_lab(Path("notebooks"), tmp_path_factory.mktemp("jupyter-runtime"), cwd=ROOT) as server:
+        yield server.base, server.token
 
 
 def _page_config(base: str, token: str) -> dict:

@@ -9,19 +9,12 @@ it skips and names the package to install.
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import nbformat
 import pytest
 from headless_chromium import Chromium, find_chromium
+from jupyter_lab import jupyter_lab
 
 from tlcourse.paths import build_dir
 
@@ -35,12 +28,6 @@ NOTEBOOK_JS = "[...jupyterapp.shell.widgets('main')].find(w => w.sessionContext)
 FIGURE_JS = "(document.querySelector('.jp-OutputArea-output img') || {}).src || ''"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def lab(tmp_path: Path):
     """JupyterLab over a tmp folder with ``advisor.ipynb``; yields the notebook's URL."""
@@ -50,37 +37,11 @@ def lab(tmp_path: Path):
                                             metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                      "language": "python"}}),
                    folder / "advisor.ipynb")
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "PYTHONPATH": str(ROOT),
-           "OMP_NUM_THREADS": "1"}
-    flags = ["--no-browser", f"--port={port}", f"--ServerApp.token={token}", "--ServerApp.port_retries=0",
-             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-             "jupyterlab.NeverCheckForUpdate"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        flags.append("--allow-root")
-    log = (tmp_path / "lab.log").open("w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("jupyter")), "lab", "--ip=127.0.0.1", *flags,
-                             str(folder)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 40
-        while True:
-            assert proc.poll() is None, (tmp_path / "lab.log").read_text()[-2000:]
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).close()
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, "jupyter lab did not answer within 40 s"
-                time.sleep(0.25)
-        yield f"{base}/lab/tree/advisor.ipynb?token={token}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    flags = ["--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    with jupyter_lab(folder, tmp_path / "runtime", extra_flags=flags, env=env, timeout=40) as server:
+        yield f"{server.base}/lab/tree/advisor.ipynb?token={server.token}"
 
 
 def _wait(browser: Chromium, expression: str, timeout: float, shots: Path) -> None:

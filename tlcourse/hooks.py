@@ -36,7 +36,20 @@ class Capture:
                 features = run(x)  # {name: tensor}
 
     Inside the ``with`` block, ``model(x)`` also fills :attr:`outputs` (the model's own output
-    is then yours, as Grad-CAM needs). See :func:`capture` for the options.
+    is then yours, as Grad-CAM needs).
+
+    Args:
+        layers: module paths, or ``{name: module path or module}`` to choose the keys.
+        inputs: record the (first) input of these layers instead of their output (``True``: of
+            all of them), e.g. the pooled vector a classifier head receives.
+        pool: applied to each recorded tensor inside its hook (global pooling, per-channel
+            statistics), so a big feature map is never kept.
+        stop_after: when called, end the forward pass once every layer has been recorded, so a
+            shallow layer does not pay for the layers above it.
+        detach: record tensors without their autograd graph. ``False`` keeps it: the recorded
+            tensor is the one the rest of the network uses (a leaf that requires grad when
+            nothing below it does), so ``torch.autograd.grad(output, recorded)`` works, even
+            on a frozen model (Grad-CAM).
     """
 
     def __init__(
@@ -153,28 +166,5 @@ class Capture:
         return iter(self.modules)
 
 
-def capture(
-    model: nn.Module,
-    layers: Layers,
-    *,
-    inputs: bool | Collection[str] = False,
-    pool: Callable[[Any], torch.Tensor] | None = None,
-    stop_after: bool = True,
-    detach: bool = True,
-) -> Capture:
-    """Hooks that record what ``layers`` of ``model`` compute; call the result or use ``with``.
-
-    Args:
-        layers: module paths, or ``{name: module path or module}`` to choose the keys.
-        inputs: record the (first) input of these layers instead of their output (``True``: of
-            all of them), e.g. the pooled vector a classifier head receives.
-        pool: applied to each recorded tensor inside its hook (global pooling, per-channel
-            statistics), so a big feature map is never kept.
-        stop_after: when called, end the forward pass once every layer has been recorded, so a
-            shallow layer does not pay for the layers above it.
-        detach: record tensors without their autograd graph. ``False`` keeps it: the recorded
-            tensor is the one the rest of the network uses (a leaf that requires grad when
-            nothing below it does), so ``torch.autograd.grad(output, recorded)`` works, even
-            on a frozen model (Grad-CAM).
-    """
-    return Capture(model, layers, inputs=inputs, pool=pool, stop_after=stop_after, detach=detach)
+#: ``capture(model, layers, ...)`` is how the course spells it: the class, used as a function.
+capture = Capture
