@@ -95,6 +95,15 @@ def test_training_curves_plots_train_and_val_loss_and_accuracy(as_history):
     assert renders(fig)
 
 
+
+def test_training_curves_ticks_whole_epochs_only():
+    """Four epochs must not be labelled 1.0, 1.5, 2.0, ... (review D15)."""
+    fig = training_curves(history_records() + [dict(history_records()[-1], epoch=4)])
+    assert renders(fig)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
 def test_confusion_matrix_annotates_row_normalised_cells():
     y_true = [0, 0, 0, 0, 1, 1, 2, 2]
     y_pred = [0, 0, 0, 1, 1, 1, 0, 2]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["confusion_matrix", "denormalize", "image_grid", "training_curves"]
 
@@ -170,6 +171,7 @@ def training_curves(history: Any) -> Figure:
                 ax.plot(x, values, style, label=split, markersize=4)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     val_acc = cols.get("val_acc")
     if val_acc:
