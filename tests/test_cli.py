@@ -1,4 +1,4 @@
-"""``python -m tlcourse``: status, stage and env, called through ``main(argv)``.
+"""``python -m tlcourse``: status, stage, env and fit, called through ``main(argv)``.
 
 The weights and environment modules belong to other parts of the course; these tests stand in
 for them with fakes that follow their documented contracts.
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import tlcourse.__main__ as cli
+from tests.test_own_data import make_images as own_data_images
 from tlcourse import data
 from tlcourse.__main__ import main
 
@@ -107,3 +108,10 @@ def test_env_failure_is_a_readable_error(monkeypatch, capsys) -> None:
     monkeypatch.setattr(cli, "report_text", broken)
     assert main(["env"]) == 1
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_cli_fit_refuses_with_a_readable_message(tmp_path: Path, capsys) -> None:
+    own_data_images(tmp_path / "f", {"only": 10})
+    assert main(["fit", str(tmp_path / "f"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "at least 2 classes" in err and "Traceback" not in err

@@ -1,10 +1,11 @@
-"""Command line: ``python -m tlcourse status | stage | env | course | slides``.
+"""Command line: ``python -m tlcourse status | stage | env | course | slides | fit``.
 
 - ``status``  which datasets and backbone weights are present, and where
 - ``stage``   copy verified dataset files into ``data/``, the mirror, or a folder for a classroom
 - ``env``     the environment report (Python, torch, devices) to paste into a bug report
 - ``course``  execute the notebooks (papermill) into ``build/notebooks`` and ``build/html``
 - ``slides``  render the notebooks to offline reveal.js decks in ``build/slides``
+- ``fit``     your own image folder -> measured candidates, a chosen and tested model, a report
 
 Errors are printed as one readable message on stderr with exit code 1, never as a traceback.
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 from tlcourse import data
 from tlcourse.course import run_course
 from tlcourse.environment import report_text
-from tlcourse.models import stage_weights, weights_status
+from tlcourse.models import DEFAULT_BACKBONE, stage_weights, weights_status
+from tlcourse.own_data import LARGER, fit
 from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir
 from tlcourse.slides import build_slides
 from tlcourse.tables import table
@@ -128,6 +130,20 @@ def run_slides_command(names: Sequence[str], source: str | None, out: str | None
     return 0
 
 
+def run_fit_command(folder: str, out: str | None, budget: float, backbone: str, larger: Sequence[str],
+                    seed: int, crop: int | None, full_ft: str) -> int:
+    """Run :func:`tlcourse.own_data.fit` on a folder and print where the report is."""
+    out_dir = Path(out) if out else Path(folder).expanduser().resolve().parent / (Path(folder).name + "-fit")
+    report = fit(folder, out_dir, budget=budget, backbone=backbone, larger=larger, seed=seed, crop=crop,
+                 full_ft=full_ft)
+    print()
+    print(table(report.candidate_table(), title="candidates, scored on validation"))
+    print()
+    print(report)
+    print(f"report: {out_dir / 'report.html'} (and report.json); model: {out_dir / 'model.onnx'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m tlcourse`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -168,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of executed notebooks to render (default: notebooks/, which carry outputs; "
                              "build/notebooks after `make course`)")
     slides.add_argument("--out", default=None, metavar="DIR", help="where the decks go (default: build/slides)")
+    fit_cmd = commands.add_parser(
+        "fit", help="your own images: measure the candidate strategies, choose on validation, test once, export"
+    )
+    fit_cmd.add_argument("folder", metavar="FOLDER",
+                         help="FOLDER/<class>/<image>, or FOLDER/{train,val|validation[,test]}/<class>/<image>")
+    fit_cmd.add_argument("--out", default=None, metavar="DIR", help="report, model and caches (default: FOLDER-fit)")
+    fit_cmd.add_argument("--budget", type=float, default=120.0, metavar="SECONDS",
+                         help="time for the whole run (default 120); candidates that would not fit are skipped")
+    fit_cmd.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME", help="the main backbone")
+    fit_cmd.add_argument("--larger", nargs="*", default=list(LARGER), metavar="NAME",
+                         help="larger backbones to probe next, while the budget lasts")
+    fit_cmd.add_argument("--seed", type=int, default=0)
+    fit_cmd.add_argument("--crop", type=int, default=None, metavar="PX", help="input size (default: the weights' own)")
+    fit_cmd.add_argument("--full-ft", default="auto", choices=["auto", "always", "never"],
+                         help="full fine-tuning: when the estimated time fits the budget (auto), always, never")
     return parser
 
 
@@ -183,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_course_command(args.profile, args.notebooks, not args.no_html, args.update_notebooks)
         if args.command == "slides":
             return run_slides_command(args.notebooks, args.source, args.out)
+        if args.command == "fit":
+            return run_fit_command(args.folder, args.out, args.budget, args.backbone, args.larger, args.seed,
+                                   args.crop, args.full_ft)
         return run_env()
     except ImportError as err:
         print(f"error: this command needs a module that is not available: {err}", file=sys.stderr)

@@ -27,7 +27,8 @@ from tlcourse._io import atomic_path
 from tlcourse.models import backbone_spec, state_dict_fingerprint
 from tlcourse.paths import build_dir
 
-__all__ = ["ENGINE_FORMAT", "EngineUnavailable", "OnnxFeatures", "engine_key", "export_features", "onnx_path"]
+__all__ = ["ENGINE_FORMAT", "EngineUnavailable", "OnnxFeatures", "engine_key", "export_features", "onnx_path",
+           "release_sessions"]
 
 #: Bumped when the exported graph's meaning changes: older files are then ignored.
 ENGINE_FORMAT = 1
@@ -207,3 +208,15 @@ class OnnxFeatures:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: (N, D) float32}`` for the batch ``x`` (N, C, H, W)."""
         return self._run(self.session(x), x)
+
+
+def release_sessions() -> int:
+    """Drop the sessions this process keeps (their memory arenas go with them); returns how many.
+
+    For a long process that extracts with several backbones one after the other
+    (``python -m tlcourse fit`` probes Lite0, then Lite1 and Lite2): the next backbone's arena
+    then does not come on top of the previous ones'.
+    """
+    count = len(_SESSIONS)
+    _SESSIONS.clear()
+    return count
