@@ -52,7 +52,7 @@ def test_notebook_structure(path: Path):
     assert all("slideshow" in c.metadata for c in cells), "every cell has slideshow metadata"
     assert cells[0].metadata["slideshow"]["slide_type"] == "slide"
     assert nb.metadata.get("tlcourse", {}).get("checks"), "metadata.tlcourse.checks declares thresholds for CI"
-    if path.stem[:2] in ("01", "02", "03", "05"):  # the lessons that compare models report intervals
+    if path.stem[:2] in ("01", "02", "03", "04", "05", "06"):  # the lessons that compare models report intervals
         assert nb.metadata["tlcourse"].get("intervals"), "metadata.tlcourse.intervals names the recorded 95% intervals"
     # It ends with a summary, then 3 to 5 exercises, each with a collapsed solution, and at least
     # one answer checked by tlcourse.exercises.check (tests/test_slides.py checks the slide metadata).

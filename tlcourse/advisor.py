@@ -21,8 +21,9 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +34,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tlcourse import decision_matrix
 from tlcourse.data import folder_dataset
 from tlcourse.hooks import capture
 from tlcourse.models import DEFAULT_BACKBONE, backbone_spec, build_backbone
+from tlcourse.paths import project_root
 from tlcourse.strategies import (
     SIMILARITY_BOUNDARY,
     SIZE_BOUNDARY,
@@ -46,25 +49,40 @@ from tlcourse.strategies import (
 )
 
 __all__ = [
+    "CALIBRATION_SETS",
+    "CHECK_SETS",
     "DISTANCE_AT_HALF",
+    "REFERENCE_RESULTS",
     "SCORE_SIZE",
     "FolderAdvice",
+    "QuadrantEvidence",
     "Recommendation",
     "SimilarityScore",
     "advise_folder",
     "advisor_panel",
+    "calibrate_distance",
     "distance_to_score",
     "matrix_figure",
     "recommend",
+    "reference_evidence",
+    "reference_path",
     "similarity_score",
 ]
 
-#: The BatchNorm-statistics distance that maps to a score of 0.5. Calibrated on the course datasets
-#: with EfficientNet-Lite0 at 128 px (notebook 04): it lies between the photos and the grey
-#: scans. Another backbone or resolution needs its own calibration.
-DISTANCE_AT_HALF = 0.25
-#: The input size the score is calibrated at.
-SCORE_SIZE = 128
+#: The datasets the 0.5 boundary is calibrated on (one photo set, one scan set: the two domains
+#: of the reference decision matrix) and the ones it is checked on, which played no part in it.
+CALIBRATION_SETS: Mapping[str, tuple[str, ...]] = {"similar": ("cifar10",), "dissimilar": ("pneumoniamnist",)}
+CHECK_SETS: Mapping[str, tuple[str, ...]] = {"similar": ("alien-vs-predator",),
+                                             "dissimilar": ("brain-mri", "breastmnist")}
+#: The BatchNorm-statistics distance that maps to a score of 0.5: :func:`calibrate_distance` of
+#: CIFAR-10 (0.189) and PneumoniaMNIST (0.359), 200 training images each, EfficientNet-Lite0 at
+#: 96 px, seed 0 (notebook 04 recomputes it and checks the other course datasets against it).
+#: Another backbone or resolution needs its own calibration.
+DISTANCE_AT_HALF = 0.274
+#: The input size the score is calibrated at: the resolution of the reference decision matrix.
+SCORE_SIZE = 96
+#: The committed reference run of the decision matrix, the only source of "measured" advice.
+REFERENCE_RESULTS = "notebooks/results/04_decision_matrix_reference.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,6 +105,7 @@ class Recommendation:
     similarity: float
     alternatives: tuple[str, ...] = ()
     measured_winner: str | None = None
+    evidence: QuadrantEvidence | None = None
 
     def __str__(self) -> str:
         lines = [f"{self.n_per_class:g} images/class, similarity {self.similarity:.2f} -> quadrant "
@@ -95,20 +114,72 @@ class Recommendation:
                  f"why: {self.explanation}"]
         if self.alternatives:
             lines.append("also worth a try: " + ", ".join(STRATEGY_LABELS.get(a, a) for a in self.alternatives))
-        if self.measured_winner is not None:
-            same = "the same" if self.measured_winner == self.strategy else "not the textbook's choice"
-            lines.append(f"measured in notebook 04: {STRATEGY_LABELS.get(self.measured_winner, self.measured_winner)} "
-                         f"won this quadrant ({same})")
+        if self.evidence is not None:
+            lines.append(f"measured ({self.evidence.scale}): {self.evidence.verdict}")
+        elif self.measured_winner is not None:
+            same = "the textbook's choice" if self.measured_winner == self.strategy else "not the textbook's choice"
+            lines.append(f"highest mean in the results passed as measured=: "
+                         f"{STRATEGY_LABELS.get(self.measured_winner, self.measured_winner)} ({same}; "
+                         "at that run's scale, which may be far below this dataset's)")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class QuadrantEvidence:
+    """What the reference run measured in one quadrant, with the scale it was measured at.
+
+    ``outcome`` is "textbook", "tie" or "other" (:func:`tlcourse.decision_matrix.textbook_verdict`),
+    ``verdict`` the generated sentence with its interval, ``winner`` the highest mean.
+    """
+
+    quadrant: str
+    winner: str
+    outcome: str
+    verdict: str
+    scale: str
+    source: str
+
+    def __str__(self) -> str:
+        return f"{quadrant_title(self.quadrant)} ({self.scale}): {self.verdict}"
+
+
+def reference_path() -> Path:
+    """Where the committed reference run lives: ``<project root>/`` + :data:`REFERENCE_RESULTS`."""
+    return project_root() / REFERENCE_RESULTS
+
+
+def reference_evidence(path: str | os.PathLike[str] | None = None) -> dict[str, QuadrantEvidence]:
+    """``{quadrant: QuadrantEvidence}`` from the committed reference run (:data:`REFERENCE_RESULTS`).
+
+    This is the only source the advisor quotes as "measured": a laptop-scale run in a notebook
+    is a lesson, not evidence about a 1000-images-per-class dataset. Quadrants the file does not
+    hold yet (an unfinished run) are left out; a missing file raises FileNotFoundError.
+    """
+    path = reference_path() if path is None else path
+    doc = decision_matrix.load_results(path)
+    meta, rows = doc.get("meta", {}), doc["rows"]
+    out = {}
+    for quadrant, table in decision_matrix.summarize(rows).items():
+        first = next(r for r in rows if r["quadrant"] == quadrant)
+        seeds = max(m["n"] for m in table.values())
+        outcome, sentence = decision_matrix.textbook_verdict(quadrant, table)
+        scale = (f"reference run: {first.get('dataset', '?')}, {first.get('n_per_class', '?')} images/class, "
+                 f"{seeds} seed{'s' if seeds != 1 else ''}, {meta.get('backbone', '?')} at {meta.get('size', '?')} px, "
+                 f"early stopping, test n={first.get('n_test', '?')}")
+        out[quadrant] = QuadrantEvidence(quadrant, decision_matrix.winners({quadrant: table})[quadrant], outcome,
+                                         sentence, scale, str(path))
+    return out
 
 
 def recommend(n_per_class: float, similarity: float, *, size_boundary: float = SIZE_BOUNDARY,
               similarity_boundary: float = SIMILARITY_BOUNDARY,
-              measured: Mapping[str, str] | None = None) -> Recommendation:
+              measured: Mapping[str, str] | None = None,
+              evidence: Mapping[str, QuadrantEvidence] | None = None) -> Recommendation:
     """The textbook strategy for ``n_per_class`` images per class at ``similarity`` (0..1).
 
-    ``measured`` maps a quadrant to the strategy that won it in a measurement (for example
-    ``decision_matrix.winners(summary)``); the recommendation then also says what the data said.
+    ``evidence`` (:func:`reference_evidence`) adds what the reference run measured in the quadrant,
+    with its scale. ``measured`` maps a quadrant to the highest mean of some other run; it is
+    reported with a warning that its scale may not match (prefer ``evidence``).
     The boundaries are rules of thumb, not laws: near them, try both neighbours' strategies.
     """
     quadrant = quadrant_of(n_per_class, similarity, size_boundary=size_boundary,
@@ -117,7 +188,7 @@ def recommend(n_per_class: float, similarity: float, *, size_boundary: float = S
     return Recommendation(strategy=advice.choice, quadrant=quadrant, explanation=advice.why,
                           n_per_class=float(n_per_class), similarity=float(similarity),
                           alternatives=advice.strategies[1:],
-                          measured_winner=(measured or {}).get(quadrant))
+                          measured_winner=(measured or {}).get(quadrant), evidence=(evidence or {}).get(quadrant))
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,6 +205,21 @@ class SimilarityScore:
     n_images: int
     per_layer: list[float] = field(default_factory=list, repr=False)
     confidence: float = float("nan")  # mean max-softmax of the ImageNet head, for comparison
+
+
+def calibrate_distance(similar: Sequence[float], dissimilar: Sequence[float]) -> float:
+    """The ``distance_at_half`` that puts the boundary midway between two sets of distances.
+
+    ``similar`` are the distances of datasets that count as similar (photos), ``dissimilar`` of
+    those that do not (scans): the midpoint between the farthest similar and the nearest dissimilar
+    one. Raises ValueError when they overlap, since then no boundary separates them.
+    """
+    if not similar or not dissimilar:
+        raise ValueError("calibrate_distance needs at least one similar and one dissimilar distance")
+    if max(similar) >= min(dissimilar):
+        raise ValueError(f"the distances overlap (similar up to {max(similar):.3f}, dissimilar from "
+                         f"{min(dissimilar):.3f}): no single boundary separates them")
+    return (max(similar) + min(dissimilar)) / 2
 
 
 def distance_to_score(distance: float, distance_at_half: float = DISTANCE_AT_HALF) -> float:
@@ -245,12 +331,14 @@ class FolderAdvice:
 
 def advise_folder(path: str | os.PathLike[str], *, model: nn.Module | str = DEFAULT_BACKBONE,
                   scorer: Callable[[Dataset], float] | None = None, max_images: int = 200, seed: int = 0,
-                  measured: Mapping[str, str] | None = None, **boundaries: float) -> FolderAdvice:
+                  measured: Mapping[str, str] | None = None,
+                  evidence: Mapping[str, QuadrantEvidence] | None = None, **boundaries: float) -> FolderAdvice:
     """Count the images per class in ``path/<class>/<image>``, score the similarity, recommend.
 
     The size used is the **smallest** class's count: a classifier is only as good as its rarest
     class. ``scorer(dataset) -> float in [0, 1]`` replaces :func:`similarity_score` (tests use a
-    fake; you might use another backbone's calibrated score). ``boundaries`` go to :func:`recommend`.
+    fake; you might use another backbone's calibrated score). ``boundaries``, ``measured`` and
+    ``evidence`` go to :func:`recommend`.
     """
     dataset = folder_dataset(path, warn=False)
     counts = dataset.scan.counts()
@@ -260,7 +348,7 @@ def advise_folder(path: str | os.PathLike[str], *, model: nn.Module | str = DEFA
         similarity = similarity_score(model, dataset, max_images=max_images, seed=seed).score
     else:
         similarity = float(scorer(dataset))
-    rec = recommend(n_per_class, similarity, measured=measured, **boundaries)
+    rec = recommend(n_per_class, similarity, measured=measured, evidence=evidence, **boundaries)
     return FolderAdvice(recommendation=rec, counts=counts, n_per_class=n_per_class, similarity=similarity,
                         skipped=len(dataset.scan.bad))
 
@@ -275,12 +363,13 @@ _N_RANGE = (5, 20000)
 def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | None = None,
                   datasets: Mapping[str, tuple[float, float]] | None = None,
                   measured: Mapping[str, str] | None = None, size_boundary: float = SIZE_BOUNDARY,
-                  similarity_boundary: float = SIMILARITY_BOUNDARY) -> Figure:
+                  similarity_boundary: float = SIMILARITY_BOUNDARY,
+                  evidence: Mapping[str, QuadrantEvidence] | None = None) -> Figure:
     """The decision matrix: images per class (log scale) x similarity, textbook advice per quadrant.
 
     ``highlight`` outlines one quadrant; ``point`` = ``(n_per_class, similarity)`` marks a dataset
-    with a star; ``datasets`` marks several with labelled dots; ``measured`` adds each quadrant's
-    measured winner under the advice.
+    with a star; ``datasets`` marks several with labelled dots; ``evidence`` adds each quadrant's
+    reference-run outcome under the advice (``measured``: another run's highest mean).
     """
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
@@ -300,10 +389,17 @@ def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | 
                                edgecolor="tab:red" if on else "white", lw=3 if on else 1, zorder=0))
         cx = math.sqrt(x * (x + w))
         text = f"{quadrant_title(quadrant)}\ntextbook: {STRATEGY_LABELS[TEXTBOOK[quadrant].choice]}"
-        if measured and quadrant in measured:
+        if evidence and quadrant in evidence:
+            e = evidence[quadrant]
+            text += "\nreference run: " + {"textbook": "textbook's choice wins", "tie": "ties within noise",
+                                            "other": f"{e.winner} wins"}.get(e.outcome, e.outcome)
+        elif measured and quadrant in measured:
             text += f"\nmeasured: {STRATEGY_LABELS.get(measured[quadrant], measured[quadrant])}"
-        ax.text(cx, y + h - 0.03, text, ha="center", va="top", fontsize=8,
-                fontweight="bold" if on else "normal")
+        # Similar quadrants: text at the top; dissimilar ones: at the bottom, away from the datasets'
+        # dots, which sit near the boundary on either side of it.
+        top = y >= similarity_boundary
+        ax.text(cx, y + h - 0.03 if top else y + 0.03, text, ha="center", va="top" if top else "bottom",
+                fontsize=8, fontweight="bold" if on else "normal")
     for name, (n, s) in (datasets or {}).items():
         ax.plot([n], [s], "o", color="tab:blue", ms=5)
         ax.annotate(name, (n, s), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:blue")
@@ -319,7 +415,8 @@ def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | 
 
 
 def advisor_panel(datasets: Mapping[str, tuple[float, float]], *, measured: Mapping[str, str] | None = None,
-                  initial: tuple[float, float] = (100, 0.5)) -> Any:
+                  initial: tuple[float, float] = (100, 0.5),
+                  evidence: Mapping[str, QuadrantEvidence] | None = None) -> Any:
     """An ipywidgets panel: a log slider for images/class, a similarity slider and a dataset dropdown.
 
     Choosing a dataset moves the sliders to its measured position; every change redraws the matrix
@@ -342,9 +439,9 @@ def advisor_panel(datasets: Mapping[str, tuple[float, float]], *, measured: Mapp
         # `with out:` / clear_output(wait=True). Those route the kernel's output messages into the
         # widget by message id, and a headless client (papermill, nbval, nbconvert) can wait
         # forever on such a cell: seen here once under load, and jupyter/nbclient#312.
-        rec = recommend(round(n_slider.value), s_slider.value, measured=measured)
+        rec = recommend(round(n_slider.value), s_slider.value, measured=measured, evidence=evidence)
         fig = matrix_figure(rec.quadrant, point=(n_slider.value, s_slider.value), datasets=datasets,
-                            measured=measured)
+                            measured=measured, evidence=evidence)
         png = io.BytesIO()
         fig.savefig(png, format="png", bbox_inches="tight")
         out.outputs = ()

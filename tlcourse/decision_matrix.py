@@ -29,6 +29,7 @@ import math
 import os
 import textwrap
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,10 @@ __all__ = [
     "predict",
     "probe_accuracy",
     "save_results",
+    "interval_rows",
     "summarize",
     "summary_rows",
+    "textbook_verdict",
     "train_strategy",
     "verdict",
     "winners",
@@ -231,17 +234,69 @@ def verdict(quadrant: str, table: Mapping[str, Mapping[str, Any]]) -> str:
     return evaluation.compare_seeds(winner, table[winner]["values"], textbook, table[textbook]["values"])
 
 
-_CSV_FIELDS = ("quadrant", "domain", "dataset", "n_per_class", "strategy", "seed", "accuracy", "seconds")
+def textbook_verdict(quadrant: str, table: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
+    """``(outcome, sentence)``: the textbook's best-measured strategy against the best of the others.
+
+    ``outcome`` is ``"textbook"`` (the textbook's choice wins), ``"tie"`` (ties within noise) or
+    ``"other"`` (another strategy wins); the sentence carries the difference in points with its
+    95% Welch interval over seeds (:func:`tlcourse.evaluation.seeds_comparison`). A winner needs
+    the interval to exclude 0 and p < 0.05, as in every verdict of the course.
+    """
+    ours = [s for s in TEXTBOOK[quadrant].strategies if s in table]
+    others = [s for s in table if s not in TEXTBOOK[quadrant].strategies]
+    if not ours or not others:
+        return "tie", "not enough strategies measured to compare with the textbook"
+    mine = max(ours, key=lambda s: table[s]["mean"])
+    rival = max(others, key=lambda s: table[s]["mean"])
+    with warnings.catch_warnings():  # identical values over seeds: scipy warns, the interval is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = evaluation.seeds_comparison(table[mine]["values"], table[rival]["values"])
+    sentence = evaluation.verdict(mine, rival, c)
+    if min(c.n_a, c.n_b) >= 2 and not math.isnan(c.low) and c.p_value < 1 - c.level and (c.low > 0 or c.high < 0):
+        outcome = "textbook" if c.low > 0 else "other"
+    else:
+        outcome = "tie"
+    head = {"textbook": "the textbook's choice wins", "tie": "ties within noise",
+            "other": f"another strategy wins ({rival})"}[outcome]
+    return outcome, f"{head}: {sentence}"
+
+
+def interval_rows(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, str]]:
+    """One row per quadrant, one column per strategy: "mean (low to high)" in percent.
+
+    The interval is the 95% t-interval over seeds (:func:`tlcourse.evaluation.seeds_ci`), clipped to
+    0-100% (with two or three seeds it can reach past them); one seed shows its value alone. Ready
+    for :func:`tlcourse.tables.table`.
+    """
+    rows = []
+    for quadrant, table in summary.items():
+        row = {"quadrant": quadrant}
+        for s in STRATEGIES:
+            m = table.get(s)
+            if m is None:
+                row[s] = "-"
+            elif math.isnan(m["low"]):
+                row[s] = f"{100 * m['mean']:.1f}"
+            else:
+                low, high = max(0.0, m["low"]), min(1.0, m["high"])
+                row[s] = f"{100 * m['mean']:.1f} ({100 * low:.1f} to {100 * high:.1f})"
+        rows.append(row)
+    return rows
+
+
+_CSV_FIELDS = ("quadrant", "domain", "dataset", "n_per_class", "strategy", "seed", "accuracy", "n_test", "epochs_used",
+               "stopped_on_plateau", "val_accuracy", "seconds")
 
 
 def save_results(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
-                 meta: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write ``path`` (JSON: ``{"meta", "rows"}``) and the same rows as CSV next to it.
+                 meta: Mapping[str, Any] | None = None, *,
+                 extra: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``path`` (JSON: ``{"meta", "rows"}`` plus the keys of ``extra``) and the rows as CSV next to it.
 
     Both files are replaced atomically. Returns ``(json_path, csv_path)``.
     """
     path = Path(path)
-    doc = {"meta": dict(meta or {}), "rows": [dict(r) for r in rows]}
+    doc = {"meta": dict(meta or {}), "rows": [dict(r) for r in rows], **dict(extra or {})}
     atomic_write_text(path, json.dumps(doc, indent=1, default=float))
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=_CSV_FIELDS, extrasaction="ignore")
@@ -276,7 +331,8 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
     """The 2x2 panel: per quadrant, every strategy's accuracy (mean, seeds as dots, +-1 sample std).
 
     ``results`` is what :func:`load_results` returns (or just its rows). The measured winner is
-    orange; the strategies the textbook recommends for that quadrant are marked with a star.
+    orange; the strategies the textbook recommends for that quadrant are marked with a star, and
+    each panel's title carries its :func:`textbook_verdict`.
     Small datasets are on the left, similar ones on top, as the matrix is usually drawn.
     """
     rows = results["rows"] if isinstance(results, Mapping) else list(results)
@@ -309,7 +365,7 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
         ax.set_yticks(y, labels, fontsize=8)
         dataset, n = info[quadrant]
         ax.set_title(f"{quadrant_title(quadrant)}: {dataset}, {n}/class\n"
-                     + textwrap.fill("vs the textbook (★): " + verdict(quadrant, table), 80), fontsize=8)
+                     + textwrap.fill(textbook_verdict(quadrant, table)[1], 80), fontsize=8)
         ax.set_xlim(0, 1)
         ax.axvline(0.5, color="0.8", lw=0.8, ls=":")
     for ax in axes[1]:

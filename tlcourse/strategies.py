@@ -25,7 +25,8 @@ __all__ = [
     "quadrant_title",
 ]
 
-#: Fewer images per class than this counts as "small" (the usual rule of thumb).
+#: Fewer images per class than this counts as "small": a rule of thumb that tutorials repeat (cs231n's
+#: transfer-learning notes, where the matrix comes from, give no number).
 SIZE_BOUNDARY = 1000
 #: Similarity scores at or above this count as "similar" to the pretraining data.
 SIMILARITY_BOUNDARY = 0.5
@@ -46,7 +47,7 @@ TRAINED = ("partial_ft", "full_ft", "scratch")
 
 @dataclass(frozen=True)
 class Advice:
-    """The textbook's advice for one quadrant (cs231n's transfer-learning notes, Chollet).
+    """The textbook's advice for one quadrant (after cs231n's transfer-learning notes).
 
     Attributes:
         strategies: the strategies it recommends, its first choice first.

@@ -1,0 +1,484 @@
+"""The decision matrix at the textbook's scale: fair strategies, early stopping, resumable rows.
+
+:mod:`tlcourse.decision_matrix` runs the matrix at laptop scale inside notebook 04. This module
+is the machinery of the *reference run* (``scripts/decision_matrix_reference.py``), the one the
+notebook and the advisor quote as evidence. What makes it fair:
+
+* every trained strategy (``partial_ft``, ``full_ft``, ``scratch``) stops early on a validation
+  split (patience, maximum epochs) and keeps its best-validation weights; each row says how many
+  epochs it used and whether it stopped on a plateau or ran into the maximum;
+* the pretrained layers' learning rate is chosen once on validation (:func:`train_partial` over
+  ``Scale.backbone_lrs``), not on test; the new head trains at 1e-3, a network from scratch at 1e-3;
+* the probes' regularisation ``C`` is chosen on validation, and ``probe_early`` is the best
+  earlier stage on validation (every stage is probed and kept, for the layer-wise picture);
+* all trained strategies see the same augmentation, random horizontal flips. That is what makes
+  ``partial_ft`` exact on cached activations: the frozen lower stages (BatchNorm in eval) are run
+  once per image and once per mirrored image, and only the top stages train.
+
+Test accuracy is measured once per run, and every row keeps its per-image results as a bit string
+(:func:`bits`), so two strategies can be compared image by image.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlcourse import data, features, models, strategies
+from tlcourse.runtime import device_settings, seed_everything
+from tlcourse.train import evaluate, train_one_epoch
+
+__all__ = [
+    "REFERENCE_SCALE",
+    "SMOKE_SCALE",
+    "Scale",
+    "TopStages",
+    "add_activations",
+    "append_row",
+    "bits",
+    "fit_early_stopping",
+    "load_domain",
+    "matrix_rows",
+    "probe_stages",
+    "run_probes",
+    "run_trained",
+    "read_rows",
+    "stage_activations",
+    "to_inputs",
+    "unbits",
+]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes and budgets of one decision-matrix run (the reference, or the smoke test of it)."""
+
+    size: int = 96                      # input pixels (CIFAR-10's 32 px and MedMNIST's 28 px are upsampled)
+    small: int = 40                     # training images per class, small quadrants
+    large: int = 1000                   # training images per class, large quadrants (the textbook's line)
+    val_per_class: int = 100            # validation images per class (early stopping, C, stage, rate)
+    test_per_class: int | None = 500    # test images per class (None: the whole test split)
+    seeds_small: int = 5
+    seeds_large: int = 3
+    max_epochs_small: int = 20
+    max_epochs_large: int = 3
+    patience_small: int = 3
+    patience_large: int = 1
+    batch_size: int = 32
+    head_lr: float = 1e-3
+    scratch_lr: float = 1e-3
+    backbone_lrs: tuple[float, ...] = (1e-3, 1e-4, 1e-5)
+    probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    partial_stages: int = 3
+    similar_classes: tuple[str, str] = ("deer", "horse")
+    backbone: str = models.DEFAULT_BACKBONE
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def n(self, size_name: str) -> int:
+        """Training images per class for ``"small"`` or ``"large"``."""
+        return self.small if size_name == "small" else self.large
+
+    def seeds(self, size_name: str) -> list[int]:
+        """The seeds of one size: 0, 1, ..."""
+        return list(range(self.seeds_small if size_name == "small" else self.seeds_large))
+
+    def budget(self, size_name: str) -> tuple[int, int]:
+        """``(max_epochs, patience)`` of the trained strategies at one size."""
+        if size_name == "small":
+            return self.max_epochs_small, self.patience_small
+        return self.max_epochs_large, self.patience_large
+
+
+REFERENCE_SCALE = Scale()
+SMOKE_SCALE = Scale(size=64, small=4, large=8, val_per_class=4, test_per_class=8, seeds_small=1, seeds_large=1,
+                    max_epochs_small=2, max_epochs_large=1, patience_small=1, patience_large=1, batch_size=8,
+                    backbone_lrs=(1e-4, 1e-5), probe_cs=(0.1, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Rows: bit strings, an append-only progress file
+# --------------------------------------------------------------------------------------------
+
+
+def bits(correct: torch.Tensor | Sequence[bool]) -> str:
+    """Per-image correctness packed into a hex string (4 test images per character, first image first)."""
+    flags = correct.tolist() if hasattr(correct, "tolist") else list(correct)
+    if not flags:
+        return ""
+    value = int("".join("1" if bool(c) else "0" for c in flags), 2)
+    return f"{value:0{(len(flags) + 3) // 4}x}"
+
+
+def unbits(text: str, n: int) -> list[bool]:
+    """The inverse of :func:`bits`: ``n`` per-image booleans."""
+    if n == 0:
+        return []
+    binary = f"{int(text, 16):0{n}b}"
+    if len(binary) != n:
+        raise ValueError(f"{text!r} does not hold {n} per-image results")
+    return [c == "1" for c in binary]
+
+
+def append_row(path: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
+    """Append one JSON line to ``path`` and flush it to disk before returning.
+
+    One ``write`` of a whole line with ``O_APPEND``: an interrupted run leaves at most one torn last
+    line, which :func:`read_rows` skips, so a restart redoes only that run.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(dict(row), default=float) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows :func:`append_row` wrote (none if the file does not exist); a torn last line is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and activations
+# --------------------------------------------------------------------------------------------
+
+
+def to_inputs(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
+              chunk: int = 256) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` -> normalised float ``(N, 3, size, size)``, as TensorImages does in eval."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].float().div_(255)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                          antialias=size < x.shape[-1])
+        out.append((x - m) / s)
+    return torch.cat(out)
+
+
+def stage_activations(model: nn.Module, x: torch.Tensor, cut: str | None,
+                      batch_size: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Globally pooled output of every stage (``{stage: (N, C)}``) and the full map of stage ``cut``.
+
+    One eval-mode forward pass per batch; the pooled outputs feed the per-stage probes, the map of
+    ``cut`` (the last frozen stage) feeds :class:`TopStages`.
+    """
+    model.eval()
+    pooled: dict[str, list[torch.Tensor]] = {}
+    maps: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            outs = models.stage_outputs(model, x[i:i + batch_size])
+            for name, out in outs.items():
+                pooled.setdefault(name, []).append(out.float().mean(dim=(-2, -1)))
+            if cut is not None:
+                maps.append(outs[cut].float().clone())
+    return {k: torch.cat(v) for k, v in pooled.items()}, (torch.cat(maps) if cut is not None else None)
+
+
+class TopStages(nn.Module):
+    """The stages above ``cut`` plus the head of a timm EfficientNet-Lite: input = ``cut``'s output.
+
+    With the lower stages frozen and their BatchNorm in eval mode, ``TopStages(model, cut)(map)``
+    equals ``model(x)`` for ``map`` = stage ``cut``'s output on ``x``, so training on cached maps is
+    training the partially frozen network, only faster.
+    """
+
+    def __init__(self, model: nn.Module, cut: str) -> None:
+        super().__init__()
+        spec = models.backbone_spec(model)
+        if spec.family != "timm-lite":
+            raise ValueError(f"TopStages supports the EfficientNet-Lite backbones, not {spec.name}")
+        names = spec.stage_names
+        self.model = model
+        self.paths = [p for name, paths in spec.stages[names.index(cut) + 1:] for p in paths]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for path in self.paths:
+            x = self.model.get_submodule(path)(x)
+        return self.model.forward_head(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Training with early stopping
+# --------------------------------------------------------------------------------------------
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, flipped: torch.Tensor | None, batch_size: int,
+             generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled batches (``generator``) with a random half mirrored; in order, unflipped without one."""
+    order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        xb = x[idx]
+        if generator is not None:
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            other = flipped[idx] if flipped is not None else xb.flip(-1)
+            xb = torch.where(flip.view(-1, *([1] * (xb.ndim - 1))), other, xb)
+        yield xb, y[idx]
+
+
+def predict(module: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Top-1 predictions of ``module`` in eval mode on the tensor ``x``."""
+    module.eval()
+    with torch.inference_mode():
+        return torch.cat([module(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def fit_early_stopping(module: nn.Module, groups: list[dict[str, Any]], train: tuple[torch.Tensor, torch.Tensor],
+                       val: tuple[torch.Tensor, torch.Tensor], *, max_epochs: int, patience: int,
+                       batch_size: int, seed: int, flipped: torch.Tensor | None = None) -> dict[str, Any]:
+    """Adam on ``groups`` until validation accuracy has not improved for ``patience`` epochs.
+
+    Keeps (and restores) the weights of the best validation epoch, ties going to the lower
+    validation loss. Returns ``{"epochs_used", "best_epoch", "stopped_on_plateau", "val_accuracy",
+    "train_accuracy", "history"}``; ``stopped_on_plateau`` is False when ``max_epochs`` ran out first.
+    """
+    seed_everything(seed)
+    optimizer = torch.optim.Adam(groups)
+    loss_fn = nn.CrossEntropyLoss()
+    cpu = device_settings("cpu", bf16=False)
+    best: tuple[float, float] = (-1.0, math.inf)
+    best_state, best_epoch, since, history = None, 0, 0, []
+    for epoch in range(1, max_epochs + 1):
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        stats = train_one_epoch(module, _batches(*train, flipped, batch_size, g), loss_fn, optimizer, cpu)
+        v = evaluate(module, _batches(*val, None, 128, None), loss_fn, cpu)
+        history.append({"epoch": epoch, "train_accuracy": stats.accuracy, "val_accuracy": v.accuracy,
+                        "val_loss": v.loss})
+        if v.accuracy > best[0] or (v.accuracy == best[0] and v.loss < best[1]):
+            best, best_epoch, since = (v.accuracy, v.loss), epoch, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            since += 1
+        if since >= patience:
+            break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    return {"epochs_used": len(history), "best_epoch": best_epoch, "stopped_on_plateau": since >= patience,
+            "val_accuracy": best[0], "train_accuracy": history[best_epoch - 1]["train_accuracy"],
+            "history": history}
+
+
+def build_trained(strategy: str, scale: Scale, backbone_lr: float, num_classes: int = 2,
+                  ) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
+    """``(model, module to train, parameter groups)`` for ``partial_ft``, ``full_ft`` or ``scratch``.
+
+    ``partial_ft``'s module is :class:`TopStages` (it trains on cached activations); the others
+    train the whole model. Pretrained layers get ``backbone_lr``, the head ``scale.head_lr``;
+    a network from scratch trains everything at ``scale.scratch_lr``.
+    """
+    model = models.build_backbone(scale.backbone, num_classes, pretrained=strategy != "scratch")
+    if strategy == "scratch":
+        return model, model, [{"params": list(model.parameters()), "lr": scale.scratch_lr}]
+    if strategy == "partial_ft":
+        models.freeze_backbone(model)
+        models.unfreeze(model, scale.partial_stages)
+        module: nn.Module = TopStages(model, cut_stage(scale))
+    elif strategy == "full_ft":
+        module = model
+    else:
+        raise ValueError(f"{strategy!r} is not a trained strategy (partial_ft, full_ft, scratch)")
+    return model, module, models.param_groups(model, backbone_lr=backbone_lr, head_lr=scale.head_lr)
+
+
+def cut_stage(scale: Scale) -> str:
+    """The deepest frozen stage of ``partial_ft`` (its output is what TopStages trains on)."""
+    names = models.backbone_spec(scale.backbone).stage_names
+    return names[len(names) - scale.partial_stages - 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Probes on every stage, C and stage chosen on validation
+# --------------------------------------------------------------------------------------------
+
+
+def probe_stages(train: Mapping[str, torch.Tensor], train_y: torch.Tensor, val: Mapping[str, torch.Tensor],
+                 val_y: torch.Tensor, test: Mapping[str, torch.Tensor], test_y: torch.Tensor, *,
+                 cs: Sequence[float], seed: int, stages: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """A logistic-regression probe per stage, ``C`` chosen on validation; test scored once per stage.
+
+    Returns one dict per stage: ``stage, C, val_accuracy, accuracy, n_test, correct`` (bit string).
+    """
+    out = []
+    for stage in stages or list(train):
+        fits = {c: features.fit_logistic_regression(train[stage], train_y, val[stage], val_y, C=c, seed=seed)
+                for c in cs}
+        c_best = max(cs, key=lambda c: (fits[c]["accuracy"], -abs(math.log10(c))))
+        pipe = fits[c_best]["pipeline"]
+        correct = torch.as_tensor(pipe.predict(test[stage].numpy())) == test_y
+        out.append({"stage": stage, "C": c_best, "val_accuracy": fits[c_best]["accuracy"],
+                    "accuracy": float(correct.float().mean()), "n_test": len(test_y), "correct": bits(correct)})
+    return out
+
+
+def choose_probes(stage_rows: Sequence[Mapping[str, Any]], last: str) -> dict[str, Mapping[str, Any]]:
+    """``{"probe_last": the last stage's probe, "probe_early": the best earlier stage on validation}``.
+
+    Validation ties go to the deeper stage (fewer surprises: closer to the usual last-layer probe).
+    """
+    by_stage = {r["stage"]: r for r in stage_rows}
+    earlier = [r for r in stage_rows if r["stage"] != last]
+    order = [r["stage"] for r in stage_rows]
+    early = max(earlier, key=lambda r: (r["val_accuracy"], order.index(r["stage"])))
+    return {"probe_last": by_stage[last], "probe_early": early}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), seconds it took)``."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def scale_dict(scale: Scale) -> dict[str, Any]:
+    """The scale as plain JSON-ready data (for ``meta``)."""
+    return json.loads(json.dumps(asdict(scale), default=list))
+
+
+# --------------------------------------------------------------------------------------------
+# The two domains and one run of each kind (the script and notebook 04 share them)
+# --------------------------------------------------------------------------------------------
+
+
+def two_classes(ds: Any, names: list[str]) -> tuple[list[int], list[int]]:
+    """Indices of ``ds`` in the classes ``names`` and their labels 0..k-1."""
+    wanted, targets = [ds.classes.index(n) for n in names], data.targets_of(ds)
+    keep = [i for i, t in enumerate(targets) if t in wanted]
+    return keep, [wanted.index(targets[i]) for i in keep]
+
+
+def pick(labels: list[int], n_per_class: int | None, seed: int) -> list[int]:
+    """A stratified subset (positions into ``labels``), or all when ``n_per_class`` is None/too big."""
+    if n_per_class is None or n_per_class >= min(np.bincount(labels)):
+        return list(range(len(labels)))
+    return data.stratified_subset(labels, n_per_class, seed)
+
+
+def load_domain(name: str, scale: Scale) -> dict[str, Any]:
+    """Decode, upsample and normalise one domain's training pool, validation and test images.
+
+    ``"similar"``: two CIFAR-10 classes, validation carved from the train split; ``"dissimilar"``:
+    PneumoniaMNIST with its own val split. Subsets: ``subsets[size, seed]`` (positions in ``x``).
+    """
+    if name == "similar":
+        train, test = data.cifar10("train"), data.cifar10("test")
+        classes = list(scale.similar_classes)
+        tr_idx, tr_y = two_classes(train, classes)
+        val_pos = pick(tr_y, scale.val_per_class, 10_000)          # validation: carved from CIFAR's train split
+        rest = sorted(set(range(len(tr_idx))) - set(val_pos))
+        val_idx, val_y = [tr_idx[i] for i in val_pos], [tr_y[i] for i in val_pos]
+        tr_idx, tr_y = [tr_idx[i] for i in rest], [tr_y[i] for i in rest]
+        val_ds = train
+        dataset = "CIFAR-10 " + "/".join(classes)
+        te_idx, te_y = two_classes(test, classes)
+    else:
+        train, val_ds, test = (data.medmnist("pneumoniamnist", s) for s in ("train", "val", "test"))
+        classes = list(train.classes)
+        tr_idx, tr_y = two_classes(train, classes)
+        v_idx, v_y = two_classes(val_ds, classes)
+        val_pos = pick(v_y, scale.val_per_class, 10_000)
+        val_idx, val_y = [v_idx[i] for i in val_pos], [v_y[i] for i in val_pos]
+        dataset = "PneumoniaMNIST (mirror's balanced copy)"
+        te_idx, te_y = two_classes(test, classes)
+    subsets = {}
+    for size_name in ("small", "large"):
+        for seed in scale.seeds(size_name):
+            subsets[size_name, seed] = data.stratified_subset(tr_y, scale.n(size_name), seed + (0 if size_name == "large" else 500))
+    pool = sorted({i for s in subsets.values() for i in s})
+    position = {i: p for p, i in enumerate(pool)}
+    te_pos = pick(te_y, scale.test_per_class, 0)
+    pre = models.backbone_spec(scale.backbone).preprocessing()
+    prep = lambda ds, idx: to_inputs(data.load_images(ds, idx)[0], scale.size, pre.mean, pre.std)  # noqa: E731
+    return dict(
+        name=name, dataset=dataset, classes=classes, available_per_class=np.bincount(tr_y).tolist(),
+        x=prep(train, [tr_idx[i] for i in pool]), y=torch.tensor([tr_y[i] for i in pool]),
+        val_x=prep(val_ds, val_idx), val_y=torch.tensor(val_y),
+        test_x=prep(test, [te_idx[i] for i in te_pos]), test_y=torch.tensor([te_y[i] for i in te_pos]),
+        subsets={k: [position[i] for i in v] for k, v in subsets.items()})
+
+
+def add_activations(d: dict[str, Any], scale: Scale) -> None:
+    """Per-stage pooled features (probes) and the cut stage's maps, plain and mirrored (partial_ft)."""
+    model = models.build_backbone(scale.backbone)
+    cut = cut_stage(scale)
+    d["pooled"], d["maps"] = stage_activations(model, d["x"], cut)
+    d["maps_flipped"] = stage_activations(model, d["x"].flip(-1), cut)[1]
+    d["val_pooled"], d["val_maps"] = stage_activations(model, d["val_x"], cut)
+    d["test_pooled"], d["test_maps"] = stage_activations(model, d["test_x"], cut)
+
+
+def run_probes(d: dict[str, Any], idx: list[int], scale: Scale, seed: int) -> dict[str, Any]:
+    """A probe on every stage (C chosen on validation); probe_last/probe_early are picked from them later."""
+    stages = list(d["pooled"])
+    return {"stages": probe_stages({s: d["pooled"][s][idx] for s in stages}, d["y"][idx], d["val_pooled"],
+                                   d["val_y"], d["test_pooled"], d["test_y"], cs=scale.probe_cs, seed=seed)}
+
+
+def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str, scale: Scale,
+                seed: int, backbone_lr: float) -> dict[str, Any]:
+    """Train one strategy with early stopping; test once. Returns the row's measured fields."""
+    model, module, groups = build_trained(strategy, scale, backbone_lr)
+    max_epochs, patience = scale.budget(size_name)
+    if strategy == "partial_ft":
+        train, val, test = (d["maps"][idx], d["y"][idx]), (d["val_maps"], d["val_y"]), d["test_maps"]
+        flipped = d["maps_flipped"][idx]
+    else:
+        train, val, test, flipped = (d["x"][idx], d["y"][idx]), (d["val_x"], d["val_y"]), d["test_x"], None
+    fit = fit_early_stopping(module, groups, train, val, max_epochs=max_epochs, patience=patience,
+                             batch_size=scale.batch_size, seed=seed, flipped=flipped)
+    correct = predict(module, test) == d["test_y"]
+    return dict(accuracy=float(correct.float().mean()), n_test=len(correct), correct=bits(correct),
+                epochs_used=fit["epochs_used"], best_epoch=fit["best_epoch"], max_epochs=max_epochs,
+                patience=patience, stopped_on_plateau=fit["stopped_on_plateau"], val_accuracy=fit["val_accuracy"],
+                train_accuracy=fit["train_accuracy"], backbone_lr=None if strategy == "scratch" else backbone_lr,
+                lr=scale.scratch_lr if strategy == "scratch" else scale.head_lr,
+                trainable=models.count_parameters(model), history=fit["history"])
+
+
+def matrix_rows(progress_rows: Sequence[Mapping[str, Any]], last: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(rows in decision_matrix's format, per-stage probe rows)`` from the progress rows.
+
+    A ``stage_probes`` row becomes one ``probe_last`` and one ``probe_early`` row
+    (:func:`choose_probes`) plus one row per stage; a trained strategy's row is kept as it is.
+    """
+    rows, stage_rows = [], []
+    drop = ("key", "kind_key", "kind", "stages")
+    for r in progress_rows:
+        if r.get("kind") == "stage_probes":
+            base = {k: v for k, v in r.items() if k not in drop and k != "seconds"}
+            per = r["seconds"] / max(1, len(r["stages"]))
+            stage_rows += [dict(base, **s) for s in r["stages"]]
+            for strategy, s in choose_probes(r["stages"], last).items():
+                rows.append(dict(base, strategy=strategy, stage=s["stage"], C=s["C"], val_accuracy=s["val_accuracy"],
+                                 accuracy=s["accuracy"], n_test=s["n_test"], correct=s["correct"], seconds=per))
+        elif r.get("kind") == "matrix":
+            rows.append({k: v for k, v in r.items() if k not in drop})
+    order = {s: i for i, s in enumerate(strategies.STRATEGIES)}
+    rows.sort(key=lambda r: (strategies.QUADRANTS.index(r["quadrant"]), order[r["strategy"]], r["seed"]))
+    return rows, stage_rows
