@@ -30,9 +30,9 @@ from tlcourse.runtime import (
     WORKER_MIN_BATCHES,
     DeviceSettings,
     ThreadChooser,
+    batches_on_one_thread,
     device_settings,
     engine_threads,
-    one_thread,
 )
 
 __all__ = ["POOLED", "extract_features", "extract_stage_features"]
@@ -114,22 +114,6 @@ def _length(loader: Iterable[Any]) -> int | None:
         return None
 
 
-def _fetch_on_one_thread(loader: Iterable[Any]) -> Iterator[Any]:
-    """The loader's batches, each decoded and transformed with one CPU thread.
-
-    Per-image transforms are tiny tensor ops: split over threads while another process keeps a
-    core busy, the threads wait for each other. The forward pass then runs with the thread
-    count chosen for it.
-    """
-    batches = iter(loader)
-    while True:
-        with one_thread():
-            batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
-
-
 def _engine_features(engine: OnnxFeatures, inputs: torch.Tensor) -> dict[str, torch.Tensor] | None:
     """The engine's features of a batch, or None (after a one-line warning) when it cannot run."""
     try:
@@ -181,7 +165,7 @@ def extract_stage_features(
             if cpu and settings.engine == "onnxruntime" and settings.autocast_dtype() is None:
                 engine = OnnxFeatures(model, list(outputs), run, threads=engine_threads(workers, settings.threads),
                                       spin=workers == 0)
-            for inputs, targets in tqdm(_fetch_on_one_thread(loader), desc="features", disable=not progress,
+            for inputs, targets in tqdm(batches_on_one_thread(loader), desc="features", disable=not progress,
                                         leave=False, total=_length(loader)):
                 found = _engine_features(engine, inputs) if engine is not None else None
                 if found is None:

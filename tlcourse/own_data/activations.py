@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from tlcourse.features.engine import release_sessions
 from tlcourse.features.extract import global_pool
 from tlcourse.hooks import capture
 from tlcourse.models import Preprocessing, backbone_spec, head_of, stage_layers
-from tlcourse.runtime import engine_threads, one_thread
+from tlcourse.runtime import batches_on_one_thread, engine_threads
 from tlcourse.stages import StageSplit
 
 __all__ = ["PASS_FORMAT", "ImageFiles", "Views", "backbone_pass", "pass_is_cached"]
@@ -81,22 +81,6 @@ def _with_mirror(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, t
     """Collate a batch followed by its mirror images: one decode, two views."""
     x = torch.stack([b[0] for b in batch])
     return torch.cat([x, x.flip(-1)]), torch.tensor([b[1] for b in batch])
-
-
-def _batches_on_one_thread(loader: DataLoader) -> Iterator[Any]:
-    """The loader's batches, each decoded and transformed on one CPU thread.
-
-    Per-image transforms are tiny tensor ops; split over threads on a busy machine, the threads
-    wait for each other (measured: 5.6 ms per Alien-vs-Predator photo on one thread, 98 ms on two
-    while other processes kept the cores busy). The forward pass keeps every thread.
-    """
-    batches = iter(loader)
-    while True:
-        with one_thread():
-            batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
 
 
 def _pass_key(model: nn.Module, pre: Preprocessing, names: Sequence[str], folder_key: str) -> str:
@@ -176,7 +160,7 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
     engine: OnnxFeatures | None = OnnxFeatures(model, names, run, threads=engine_threads(0))
     try:
         with torch.inference_mode(), hooks:
-            for x, _ in tqdm(_batches_on_one_thread(loader), total=len(loader), desc=f"{backbone_spec(model).name} features", disable=not progress, leave=False):
+            for x, _ in tqdm(batches_on_one_thread(loader), total=len(loader), desc=f"{backbone_spec(model).name} features", disable=not progress, leave=False):
                 out = None
                 if engine is not None:
                     try:
