@@ -63,6 +63,16 @@ def test_partial_fine_tuning_on_cached_maps_equals_the_frozen_network():
     assert [g["lr"] for g in groups] == [1e-4, scale.head_lr]
 
 
+def test_top_stages_of_a_classic_backbone_equal_the_frozen_network():
+    # Notebook 04 runs with BACKBONE = "resnet18" too: its top stages come from tlcourse.stages.
+    model = models.build_backbone("resnet18", 2, pretrained=False).eval()
+    cut = ref.cut_stage(ref.Scale(backbone="resnet18"))
+    x = torch.randn(2, 3, 64, 64)
+    _, maps = ref.stage_activations(model, x, cut)
+    with torch.inference_mode():
+        assert torch.allclose(ref.TopStages(model, cut)(maps), model(x), atol=1e-5)
+
+
 def test_scratch_has_random_weights_and_one_rate():
     scale = ref.Scale(size=64)
     pre, _, _ = ref.build_trained("full_ft", scale, 1e-4)

@@ -37,6 +37,7 @@ from torch import nn
 
 from tlcourse import data, features, models, strategies
 from tlcourse.runtime import device_settings, seed_everything
+from tlcourse.stages import split_at
 from tlcourse.train import evaluate, train_one_epoch
 
 __all__ = [
@@ -202,23 +203,26 @@ def stage_activations(model: nn.Module, x: torch.Tensor, cut: str | None,
 
 
 class TopStages(nn.Module):
-    """The stages above ``cut`` plus the head of a timm EfficientNet-Lite: input = ``cut``'s output.
+    """The stages above ``cut`` plus the head: input = ``cut``'s output.
 
     With the lower stages frozen and their BatchNorm in eval mode, ``TopStages(model, cut)(map)``
     equals ``model(x)`` for ``map`` = stage ``cut``'s output on ``x``, so training on cached maps is
-    training the partially frozen network, only faster.
+    training the partially frozen network, only faster. A timm EfficientNet-Lite runs its stage
+    modules and ``forward_head``; any other registry backbone (ResNet, VGG) runs the upper part of
+    :func:`tlcourse.stages.split_at`.
     """
 
     def __init__(self, model: nn.Module, cut: str) -> None:
         super().__init__()
         spec = models.backbone_spec(model)
-        if spec.family != "timm-lite":
-            raise ValueError(f"TopStages supports the EfficientNet-Lite backbones, not {spec.name}")
-        names = spec.stage_names
         self.model = model
+        self.upper = split_at(model, cut).upper if spec.family != "timm-lite" else None
+        names = spec.stage_names
         self.paths = [p for name, paths in spec.stages[names.index(cut) + 1:] for p in paths]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upper is not None:
+            return self.upper(x)
         for path in self.paths:
             x = self.model.get_submodule(path)(x)
         return self.model.forward_head(x)
