@@ -17,6 +17,7 @@ which pays off when the same images are needed more than once (two input sizes, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 from torchvision import transforms
 
 from benchmarks.common import Section, machine, md_table, ratio
@@ -105,9 +106,39 @@ def matmul_gflops(threads: int, n: int = 1536, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / seconds / 1e9
 
 
-def settings(**kw: Any) -> runtime.DeviceSettings:
-    """CPU inference settings with ``kw`` changed (``engine``, ``workers``, ``bf16``, ``threads``, ...)."""
-    return runtime.device_settings("cpu", inference=True, **kw)
+def settings(*, engine_batch: int | None | str = "default", decode_ahead: bool | None = None,
+             **kw: Any) -> runtime.DeviceSettings:
+    """CPU inference settings with ``kw`` changed (``engine``, ``workers``, ``bf16``, ``threads``, ...),
+    and the engine's slice and decoding ahead when given."""
+    s = runtime.device_settings("cpu", inference=True, **kw)
+    if engine_batch != "default":
+        s = dataclasses.replace(s, engine_batch=engine_batch)
+    if decode_ahead is not None:
+        s = dataclasses.replace(s, decode_ahead=decode_ahead)
+    return s
+
+
+def where_time_goes(model: nn.Module, size: int, images: int | None) -> dict[str, float]:
+    """Milliseconds per image of each part of the course path, measured apart, and the rates they
+    allow: decoding + preprocessing on one thread, and ONNX Runtime's forward pass (slices of
+    ``runtime.CPU_ENGINE_BATCH``) on decoded tensors with every core and with one."""
+    ds = images_on_disk(eval_transform(size), images)
+    with runtime.one_thread():
+        decode_s, (x, y) = timed(lambda: (torch.stack([ds[i][0] for i in range(len(ds))]), torch.arange(len(ds))))
+    n, cores = len(x), os.cpu_count() or 1
+    tensors = TensorDataset(x, y)
+    features.extract_features(model, Subset(tensors, range(4)), device=settings(decode_ahead=False), progress=False)
+    engine_ms = {}
+    for t in sorted({1, cores}):
+        s, _ = timed(lambda t=t: features.extract_features(model, tensors, device=settings(threads=t, decode_ahead=False),
+                                                           progress=False))
+        engine_ms[t] = 1000 * s / n
+    decode_ms, all_cores = 1000 * decode_s / n, engine_ms[cores]
+    return {"size": size, "decode_ms": round(decode_ms, 2), "engine_ms_1_thread": round(engine_ms[1], 2),
+            f"engine_ms_{cores}_threads": round(all_cores, 2),
+            "in_turn_img_per_s": round(1000 / (decode_ms + all_cores), 1),
+            "overlapped_img_per_s": round(1000 / (all_cores + decode_ms / cores), 1),
+            "engine_alone_img_per_s": round(1000 / all_cores, 1)}
 
 
 def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_model: bool = False) -> Section:
@@ -157,8 +188,10 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
             f"chose {runtime.LAST_EXTRACTION.get('threads')} thread(s)")
         s, (bf16, _) = course(engine="eager", workers=0, bf16=True)
         add("eager + bf16 autocast", size, s, n, f"chose {runtime.LAST_EXTRACTION.get('threads')} thread(s)")
-        s, _ = course(engine="onnxruntime", workers=0, threads=cores)
-        add("onnxruntime, decoding in-process", size, s, n, f"{cores} threads")
+        s, _ = course(engine="onnxruntime", workers=0, threads=cores, engine_batch=None, decode_ahead=False)
+        add("onnxruntime, whole batches, decoding in turn", size, s, n, f"{cores} threads")
+        s, _ = course(engine="onnxruntime", workers=0, threads=cores, decode_ahead=False)
+        add(f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding in turn", size, s, n, f"{cores} threads")
         s, _ = course(engine="onnxruntime", workers=1, threads=cores)
         add("onnxruntime + 1 decoding worker, every core", size, s, n, f"{cores} threads")
         s, (fast, _) = timed(lambda: features.extract_features(model, images_on_disk(eval_transform(size), images),
@@ -185,6 +218,7 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
         cached_total += s
         add("extract_features from the uint8 cache (TensorImages)", size, s, len(labels))
     result = _summarise(rows, sizes, model, decode_s, cached_total, compile_model, images)
+    result["where_time_goes"] = [where_time_goes(model, size, images) for size in sizes]
     result.update(check=check, machine_start=start_machine, machine_end=machine(), images_arg=images,
                   thread_rates=runtime.LAST_EXTRACTION.get("rates"), export_seconds=export_s,
                   engines=_engines(rows, sizes))
@@ -196,8 +230,8 @@ def _rate(rows: list[dict[str, Any]], size: int, prefix: str) -> dict[str, Any]:
 
 
 ENGINE_ROWS = {"naive": "naive", "eager": "eager PyTorch", "bf16": "eager + bf16",
-               "onnxruntime_in_process": "onnxruntime, decoding", "onnxruntime_worker_all_cores": "onnxruntime + 1",
-               "course": "course default"}
+               "onnxruntime_whole_batches": "onnxruntime, whole", "onnxruntime_slices": "onnxruntime, slices",
+               "onnxruntime_worker": "onnxruntime + 1", "course": "course default"}
 
 
 def _engines(rows: list[dict[str, Any]], sizes: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -282,6 +316,15 @@ rates): {r['export_seconds']} s.
 ## Engines side by side (img/s, end to end)
 
 {md_table(r['engines'])}
+The course default is ONNX Runtime in slices of {runtime.CPU_ENGINE_BATCH} with the next batch decoding
+on a background thread.
+
+## Where the time goes (ms per image, each part measured apart)
+
+{md_table(r['where_time_goes'])}
+`in_turn`: decoding then computing, one after the other; `overlapped`: decoding hidden behind the
+engine on spare core time (the best the two parts allow); `engine_alone`: no decoding at all.
+5x the naive loop at {r['headline'][0]['size']} px needs {round(5 * r['headline'][0]['naive_img_per_s'], 1)} img/s.
 
 ## Ablation (one change at a time)
 

@@ -129,7 +129,8 @@ def test_extraction_thread_choice_restores_and_matches(tiny: Tiny, jpegs: Path) 
         assert set(runtime.LAST_EXTRACTION["rates"]) == {1, before}
     eager_one = runtime.device_settings("cpu", inference=True, engine="eager", batch_size=2, threads=1)
     one, _ = features.extract_features(tiny, ds, device=eager_one, progress=False)
-    assert runtime.LAST_EXTRACTION == {"threads": 1, "rates": {}, "engine": "eager", "workers": eager_one.workers}
+    assert runtime.LAST_EXTRACTION == {"threads": 1, "rates": {}, "engine": "eager", "workers": eager_one.workers,
+                                       "decode_ahead": False}
     torch.testing.assert_close(auto, one)
     ort, _ = features.extract_features(tiny, ds, batch_size=2, threads=1, progress=False)
     assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime" and runtime.LAST_EXTRACTION["threads"] == 1
@@ -224,8 +225,10 @@ def test_engine_rows_agree_on_generated_data(tiny: Tiny, jpegs: Path, tmp_path: 
     rows = []
     for key, prefix in extraction.ENGINE_ROWS.items():
         kw = {"eager": {"engine": "eager"}, "bf16": {"engine": "eager", "bf16": True},
-              "onnxruntime_in_process": {"engine": "onnxruntime", "workers": 0},
-              "onnxruntime_worker_all_cores": {"engine": "onnxruntime", "workers": 1, "threads": 2}}.get(key, {})
+              "onnxruntime_whole_batches": {"engine": "onnxruntime", "workers": 0, "engine_batch": None,
+                                            "decode_ahead": False},
+              "onnxruntime_slices": {"engine": "onnxruntime", "workers": 0, "decode_ahead": False},
+              "onnxruntime_worker": {"engine": "onnxruntime", "workers": 1, "threads": 2}}.get(key, {})
         feats, _ = features.extract_features(tiny, ds, device=extraction.settings(batch_size=2, **kw), progress=False)
         atol = 5e-2 if key == "bf16" else 1e-4
         torch.testing.assert_close(feats, naive, atol=atol, rtol=atol)
@@ -235,6 +238,7 @@ def test_engine_rows_agree_on_generated_data(tiny: Tiny, jpegs: Path, tmp_path: 
     table = extraction._engines(rows, (16,))
     assert table == [{"size": 16, **{key: float(i + 1) for i, key in enumerate(extraction.ENGINE_ROWS)}}]
     assert runtime.LAST_EXTRACTION["workers"] == runtime.CPU_INFERENCE_WORKERS  # the measured default
+    assert runtime.LAST_EXTRACTION["decode_ahead"] is runtime.CPU_DECODE_AHEAD
 
 
 def test_training_steps_section_on_a_tiny_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,8 +252,22 @@ def test_training_steps_section_on_a_tiny_run(monkeypatch: pytest.MonkeyPatch) -
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(self.conv(x).mean(dim=(2, 3)))
 
-    monkeypatch.setattr(training_steps.models, "build_backbone", lambda *a, **k: Small())
-    section = training_steps.run(sizes=(8, 12), batch=2, steps=1, rounds=1)
-    assert section.name == "training_steps" and [r["size"] for r in section.data["rows"]] == [8, 12]
-    assert all(r["fp32_img_per_s"] > 0 and r["bf16_img_per_s"] > 0 for r in section.data["rows"])
+    class Depthwise(Small):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, groups=4))
+
+    monkeypatch.setattr(training_steps.models, "build_backbone",
+                        lambda name, **k: Depthwise() if name == "depthwise" else Small())
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "CPU_BF16_MIN_SIDE", 10)
+    section = training_steps.run(sizes=(8, 12), batch=2, steps=1, rounds=1, backbones=("depthwise", "dense"), side=6)
+    rows = section.data["rows"]
+    assert section.name == "training_steps" and [(r["backbone"], r["size"]) for r in rows] == [
+        ("depthwise", 8), ("depthwise", 12), ("dense", 8), ("dense", 12)]
+    assert all(r["fp32_img_per_s"] > 0 and r["bf16_img_per_s"] > 0 for r in rows)
+    # the course default follows the policy: dense models from the threshold size, never depthwise ones
+    assert [r["course_default"] for r in rows] == ["fp32", "fp32", "fp32", "bf16"]
+    assert [c["layer"].split()[0] for c in section.data["convolutions"]] == ["depthwise", "dense"]
+    assert all(c["fp32_ms"] > 0 and c["bf16_ms"] > 0 for c in section.data["convolutions"])
     assert "bf16" in section.markdown and section.data["policy_min_side"] == runtime.CPU_BF16_MIN_SIDE

@@ -12,11 +12,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tlcourse import models
 from tlcourse.evaluation import accuracy_ci
 from tlcourse.runtime import (
     CPU_BF16_MIN_SIDE,
     CPU_CHANNELS_LAST,
     DeviceSettings,
+    bf16_pays_off,
     cpu_supports_bf16,
     device_settings,
     make_loader,
@@ -63,8 +65,8 @@ def test_auto_picks_cuda_when_present(fake_cuda):
 def test_cpu_settings():
     s = device_settings("cpu")
     # The measured policy (benchmarks, section training_steps): float32, plus bf16 autocast for
-    # inputs of at least CPU_BF16_MIN_SIDE px on CPUs with native bf16 where that is set (it is
-    # None, never, since bf16 was not faster on the reference CPU).
+    # inputs of at least CPU_BF16_MIN_SIDE px on CPUs with native bf16, for models without
+    # depthwise convolutions (bf16_pays_off; tested below).
     bf16_min_side = CPU_BF16_MIN_SIDE if cpu_supports_bf16() else None
     assert s == DeviceSettings(device=CPU, amp_dtype=None, grad_scaler=False, channels_last=CPU_CHANNELS_LAST,
                               non_blocking=False, pin_memory=False, batch_size=32, cudnn_benchmark=False,
@@ -74,13 +76,33 @@ def test_cpu_settings():
     assert device_settings("cpu", bf16=True).amp_dtype == torch.bfloat16
 
 
+def dense_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def depthwise_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_bf16_pays_off_for_dense_convolutions_only():
+    assert bf16_pays_off(dense_net()) and bf16_pays_off(nn.Linear(3, 2))
+    assert not bf16_pays_off(depthwise_net())
+    assert bf16_pays_off(models.build_backbone("resnet18", pretrained=False))
+    assert not bf16_pays_off(models.build_backbone("efficientnet_lite0", pretrained=False))
+
+
 @pytest.mark.parametrize("capable", [True, False])
-def test_cpu_bf16_depends_on_the_cpu_and_the_input_size(capable, monkeypatch):
-    """The mechanism, for a machine where the benchmark sets a threshold (the course's is None)."""
+def test_cpu_bf16_depends_on_the_cpu_the_model_and_the_input_size(capable, monkeypatch):
+    """The mechanism: bf16 only on a capable CPU, for a prepared dense model, from the threshold."""
     monkeypatch.setattr("tlcourse.runtime.CPU_BF16_MIN_SIDE", 160)
     monkeypatch.setattr("tlcourse.runtime.cpu_supports_bf16", lambda: capable)
     s = device_settings("cpu")
     assert device_settings("cpu", inference=True).bf16_min_side is None  # features stay float32
+    s.to_device(torch.zeros(1, 3, 200, 200))
+    assert s.autocast_dtype() is None  # no model prepared yet: float32
+    s.prepare(depthwise_net())
+    assert s.autocast_dtype() is None  # bf16 would be slower for this model
+    s.prepare(dense_net())
     small, large = 80, 160
     for side, expected in ((small, None), (large, torch.bfloat16 if capable else None), (small, None)):
         s.to_device(torch.zeros(1, 3, side, side + 5))

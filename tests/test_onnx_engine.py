@@ -205,3 +205,75 @@ def test_efficientnet_lite0_features_equal_eager(build: Path) -> None:
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], atol=1e-4, rtol=1e-4)
     assert ref["pooled"].shape == (6, 1280)
+
+
+class ThreadRecording(torch.utils.data.Dataset):
+    """Generated images that record which thread decoded each one, and can fail at one index."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.data, self.fail_at = images(n=n), fail_at
+        self.threads: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import threading
+
+        if i == self.fail_at:
+            raise OSError(f"image {i} is damaged")
+        self.threads.append(threading.current_thread().name)
+        return self.data[i]
+
+
+def test_cpu_inference_decodes_ahead_and_runs_the_engine_in_slices() -> None:
+    s = runtime.device_settings("cpu", inference=True)
+    assert s.decode_ahead is runtime.CPU_DECODE_AHEAD and s.engine_batch == runtime.CPU_ENGINE_BATCH
+    training, eager_inference = runtime.device_settings("cpu"), eager()
+    assert not training.decode_ahead and training.engine_batch is None
+    assert not eager_inference.decode_ahead and eager_inference.engine_batch is None
+    assert not runtime.device_settings("cpu", inference=True, workers=1).decode_ahead  # a worker decodes instead
+
+
+def test_decoding_ahead_happens_on_another_thread_in_order(tiny: TinyNet, build: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "CPU_DECODE_AHEAD", True)
+    ds = ThreadRecording(10)
+    before = torch.get_num_threads()
+    ref, y_ref = features.extract_stage_features(tiny, images(n=10), [None], device=eager(), progress=False)
+    got, y = features.extract_stage_features(tiny, ds, [None], batch_size=4, progress=False)
+    assert runtime.LAST_EXTRACTION["decode_ahead"] is True
+    assert ds.threads and all(name.startswith("tlcourse-decode") for name in ds.threads)
+    assert torch.equal(y, y_ref)  # the batches arrive in order
+    torch.testing.assert_close(got["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
+    assert torch.get_num_threads() == before
+
+
+def test_a_decoding_error_ahead_reaches_the_caller_and_threads_are_restored(tiny: TinyNet, build: Path) -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(OSError, match="image 6 is damaged"):
+        features.extract_features(tiny, ThreadRecording(10, fail_at=6), batch_size=4, progress=False)
+    assert torch.get_num_threads() == before
+
+    batches = []
+    with pytest.raises(KeyboardInterrupt), runtime.decoded_batches(range(5), ahead=True) as it:
+        for b in it:
+            batches.append(b)
+            if b == 2:
+                raise KeyboardInterrupt  # the learner stops the cell
+    assert batches == [0, 1, 2] and torch.get_num_threads() == before
+    with runtime.decoded_batches(iter([]), ahead=True) as it:
+        assert list(it) == []
+
+
+def test_engine_slices_give_the_whole_batch_features(tiny: TinyNet, build: Path) -> None:
+    ds = images(n=10)
+    at_once = runtime.device_settings("cpu", inference=True, batch_size=10)
+    at_once.engine_batch = None
+    whole, y1 = features.extract_stage_features(tiny, ds, LAYERS, device=at_once, progress=False)
+    sliced = runtime.device_settings("cpu", inference=True, batch_size=10)
+    sliced.engine_batch = 3  # 3 + 3 + 3 + 1
+    got, y2 = features.extract_stage_features(tiny, ds, LAYERS, device=sliced, progress=False)
+    assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime" and torch.equal(y1, y2)
+    for name in whole:
+        torch.testing.assert_close(got[name], whole[name], atol=1e-5, rtol=1e-5)

@@ -6,10 +6,10 @@ does not branch on the hardware; it asks the settings object to move a batch
 (:meth:`DeviceSettings.to_device`), to run the forward pass (:meth:`DeviceSettings.autocast`)
 and to take the optimizer step (:meth:`DeviceSettings.step`).
 
-The CPU thread policy lives here too: :func:`apply_thread_policy` (a notebook's setup),
-:func:`one_thread` (tiny tensor ops), :class:`ThreadChooser` (a long eager extraction picks its
-thread count by timing) and :func:`engine_threads` (ONNX Runtime's threads next to a decoding
-DataLoader worker).
+The CPU thread helpers live in :mod:`tlcourse.cpu_threads` and are re-exported here:
+:func:`apply_thread_policy` (a notebook's setup), :func:`one_thread` (tiny tensor ops),
+:func:`decoded_batches` (decoding beside an inference engine), :class:`ThreadChooser` (a long eager
+extraction picks its thread count by timing) and :func:`engine_threads`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import dataclasses
 import multiprocessing
 import os
 import random
-import time
 import warnings
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +28,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tlcourse.cpu_threads import (
+    LAST_EXTRACTION,
+    ThreadChooser,
+    apply_thread_policy,
+    batches_on_one_thread,
+    decoded_batches,
+    engine_threads,
+    one_thread,
+)
+
 __all__ = [
     "CPU_BF16_MIN_SIDE",
     "CPU_CHANNELS_LAST",
+    "CPU_DECODE_AHEAD",
     "CPU_ENGINE",
+    "CPU_ENGINE_BATCH",
     "CPU_INFERENCE_WORKERS",
     "ENGINES",
     "DeviceSettings",
@@ -42,6 +52,8 @@ __all__ = [
     "WORKER_MIN_BATCHES",
     "apply_thread_policy",
     "batches_on_one_thread",
+    "bf16_pays_off",
+    "decoded_batches",
     "cpu_supports_bf16",
     "device_settings",
     "engine_threads",
@@ -63,10 +75,21 @@ ENGINES = ("eager", "onnxruntime")
 CPU_ENGINE = "onnxruntime"
 
 #: CPU training on a bf16-capable CPU (:func:`cpu_supports_bf16`) runs under bf16 autocast for
-#: image batches at least this many pixels on a side; ``None``: never by default (``bf16=True``
-#: asks for it). ``python -m benchmarks --only training_steps`` measures whether it pays off on
-#: the machine at hand; on the course's reference CPU it did not at any size (see the README).
-CPU_BF16_MIN_SIDE: int | None = None
+#: models where it pays off (:func:`bf16_pays_off`: no depthwise convolutions) and image batches
+#: at least this many pixels on a side; ``None``: never by default (``bf16=True`` asks for it).
+#: Measured by ``python -m benchmarks --only training_steps`` on the course's 2-core CPU: ResNet-18
+#: trains 1.4x faster in bf16 at 64 px and 3.2x at 224 px; EfficientNet-Lite0 0.6-1.0x (slower).
+CPU_BF16_MIN_SIDE: int | None = 64
+
+#: Decode the next batch on a background thread while ONNX Runtime computes this one (its own
+#: threads do not spin then). Measured on 2 cores: +15-20% over decoding in turn, where a
+#: decoding worker process was slower (``python -m benchmarks --only extraction``).
+CPU_DECODE_AHEAD = True
+
+#: ONNX Runtime runs a CPU batch in slices of this many images: the activations of a few images
+#: stay in the cache (measured on 2 cores, Lite0 at 224 px: 7.4-7.9 ms per image in slices of 2-4,
+#: 8.5-9.0 in batches of 16-32). ``None``: the whole batch at once.
+CPU_ENGINE_BATCH: int | None = 4
 
 #: DataLoader workers that decode images while a CPU inference engine computes; a worker costs
 #: a process start, so loaders with fewer batches than ``WORKER_MIN_BATCHES`` decode in-process.
@@ -180,6 +203,9 @@ class DeviceSettings:
         workers: DataLoader workers that decode while the model computes (inference loaders).
         bf16_min_side: bf16 autocast for 4-D batches whose smaller side is at least this many
             pixels (the CPU's size-dependent policy); ``None``: ``amp_dtype`` alone decides.
+        decode_ahead: decode the next batch on a background thread while the inference engine
+            computes this one (:func:`decoded_batches`).
+        engine_batch: the inference engine's slice of a batch (``None``: the whole batch).
     """
 
     device: torch.device
@@ -194,8 +220,11 @@ class DeviceSettings:
     engine: str = "eager"
     workers: int = 0
     bf16_min_side: int | None = None
+    decode_ahead: bool = False
+    engine_batch: int | None = None
     scaler: torch.amp.GradScaler | None = field(default=None, repr=False, compare=False)
     _last_side: int = field(default=0, init=False, repr=False, compare=False)
+    _bf16_model: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -209,9 +238,11 @@ class DeviceSettings:
         return self.amp_dtype is not None
 
     def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of the latest batch: ``amp_dtype``, else bf16 when that batch's
-        smaller side reaches ``bf16_min_side`` (the loops move a batch before its forward pass)."""
-        if self.amp_dtype is None and self.bf16_min_side is not None and self._last_side >= self.bf16_min_side:
+        """The autocast dtype of the latest batch: ``amp_dtype``, else bf16 when the model given to
+        :meth:`prepare` gains from it (:func:`bf16_pays_off`) and that batch's smaller side reaches
+        ``bf16_min_side`` (the loops move a batch before its forward pass)."""
+        if (self.amp_dtype is None and self.bf16_min_side is not None and self._bf16_model
+                and self._last_side >= self.bf16_min_side):
             return torch.bfloat16
         return self.amp_dtype
 
@@ -246,10 +277,13 @@ class DeviceSettings:
         self.scaler.update()
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device (in place), in channels_last memory when set.
+        """Move ``model`` to the device (in place), in channels_last memory when set, and note
+        whether the CPU's bf16 policy applies to it (:func:`bf16_pays_off`).
 
         A ``DistributedDataParallel`` model must be prepared before wrapping; here it is checked.
         """
+        self._bf16_model = bf16_pays_off(model.module if isinstance(model, nn.parallel.DistributedDataParallel)
+                                         else model)
         if isinstance(model, nn.parallel.DistributedDataParallel):
             wrong = [n for n, p in model.module.named_parameters() if p.device != self.device]
             if wrong:
@@ -263,6 +297,17 @@ class DeviceSettings:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
+
+
+def bf16_pays_off(model: nn.Module) -> bool:
+    """Whether bf16 autocast speeds up training ``model`` on a CPU with native bf16: when it has
+    no grouped (depthwise) convolutions.
+
+    Dense convolutions become bf16 matrix products, about twice as fast; oneDNN's bf16 backward
+    pass of a depthwise convolution is slower than float32 (measured: 1.7-3.7x slower), and
+    depthwise-separable networks (EfficientNet, MobileNet) are mostly such layers.
+    """
+    return not any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for m in model.modules())
 
 
 def device_settings(
@@ -281,9 +326,11 @@ def device_settings(
     CUDA: bf16 autocast (fp16 with a loss scaler before Ampere), channels_last, pinned memory
     and asynchronous copies, cuDNN benchmark. CPU: channels_last; training runs float32, with
     bf16 autocast for inputs of at least :data:`CPU_BF16_MIN_SIDE` px where
-    :func:`cpu_supports_bf16` (``bf16=True``: always, ``False``: never); inference runs float32
-    on :data:`CPU_ENGINE` with :data:`CPU_INFERENCE_WORKERS` decoding workers (``bf16=True``
-    means eager bf16 autocast).
+    :func:`cpu_supports_bf16` and for models where :func:`bf16_pays_off` (``bf16=True``: always,
+    ``False``: never); inference runs float32
+    on :data:`CPU_ENGINE` in slices of :data:`CPU_ENGINE_BATCH` images, decoding ahead on a thread
+    (:data:`CPU_DECODE_AHEAD`) or in :data:`CPU_INFERENCE_WORKERS` workers (``bf16=True`` means
+    eager bf16 autocast).
     MPS: float32. ``inference=True`` gives the batch size for forward passes only (no loss
     scaler). A ``DeviceSettings`` passed in is returned as it is, with ``batch_size`` and
     ``threads`` applied when given.
@@ -303,6 +350,7 @@ def device_settings(
         engine = CPU_ENGINE if cpu and inference and amp_dtype is None else "eager"
     if workers is None:
         workers = CPU_INFERENCE_WORKERS if cpu and inference and _workers_pay_off() else 0
+    cpu_engine = cpu and inference and engine == "onnxruntime"
     if channels_last is None:
         channels_last = cuda or (cpu and CPU_CHANNELS_LAST)
     if inference:
@@ -322,6 +370,8 @@ def device_settings(
         engine=engine,
         workers=int(workers),
         bf16_min_side=bf16_min_side,
+        decode_ahead=cpu_engine and CPU_DECODE_AHEAD and not workers,
+        engine_batch=CPU_ENGINE_BATCH if cpu_engine else None,
     )
 
 
@@ -344,109 +394,7 @@ def make_loader(
                       pin_memory=settings.pin_memory, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------
-# CPU threads
-# --------------------------------------------------------------------------------------------
-
-
-def apply_thread_policy(threads: int | None = None) -> int:
-    """Set torch's CPU thread count for a notebook or script, and return it.
-
-    ``threads`` wins when given. Otherwise all cores, unless the machine is already busy (the
-    1-minute load average is at least the core count): then one thread, because threads of one
-    process that wait for each other on a shared CPU are far slower than one thread alone.
-    """
-    if threads is None:
-        cores = os.cpu_count() or 1
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores
-        threads = 1 if busy else cores
-    torch.set_num_threads(max(1, int(threads)))
-    return torch.get_num_threads()
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run tiny tensor ops (a linear head, per-image transforms) on one thread, then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def batches_on_one_thread(loader: Iterable[Any]) -> Iterator[Any]:
-    """The loader's batches, each decoded and transformed on one CPU thread.
-
-    Per-image transforms are tiny tensor ops: split over threads while another process keeps a
-    core busy, the threads wait for each other (measured: 5.6 ms per Alien vs Predator photo on
-    one thread, 98 ms on two). The forward pass that consumes the batch keeps its own thread count.
-    """
-    batches = iter(loader)
-    while True:
-        with one_thread():
-            batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
-
-
 def _workers_pay_off() -> bool:
     """A decoding worker helps with a spare core, and only where workers fork: other start
     methods pickle the dataset, which fails for classes defined in a notebook."""
     return (os.cpu_count() or 1) > 1 and multiprocessing.get_all_start_methods()[0] == "fork"
-
-
-def engine_threads(workers: int, threads: int | None = None) -> int:
-    """Intra-op threads of a CPU inference engine: ``threads`` when given, else one per core
-    left after the decoding ``workers`` (at least one), so decoding and compute never queue
-    for the same core."""
-    if threads is not None:
-        return max(1, int(threads))
-    return max(1, (os.cpu_count() or 1) - max(0, int(workers)))
-
-
-#: How the last extraction ran: ``{"threads": used, "rates": {threads: samples/s timed}}``, plus
-#: ``engine`` and ``workers``.
-LAST_EXTRACTION: dict[str, Any] = {}
-
-
-class ThreadChooser:
-    """Chooses the CPU thread count of a long loop by timing its first batches.
-
-    The first batch warms up; the next runs with every thread, the one after with one; the rest
-    use the faster. A fixed ``threads`` skips the trials. :meth:`restore` puts back the
-    process's previous setting and records the choice in :data:`LAST_EXTRACTION`.
-    """
-
-    def __init__(self, threads: int | None, cpu: bool = True) -> None:
-        self.previous = torch.get_num_threads()
-        self.fixed = threads
-        self.trials = [self.previous, 1] if threads is None and cpu and self.previous > 1 else []
-        self.rates: dict[int, float] = {}
-        self._batches = 0
-        self._now: tuple[int, float] | None = None
-
-    def best(self) -> int:
-        """The fixed count, else the fastest timed one (the current setting before any timing)."""
-        if self.fixed is not None:
-            return self.fixed
-        return max(self.rates, key=self.rates.__getitem__) if self.rates else self.previous
-
-    def before_batch(self) -> None:
-        trial = self._batches > 0 and bool(self.trials)
-        n = self.trials[0] if trial else self.best()
-        torch.set_num_threads(n)
-        self._now = (n, time.perf_counter()) if trial else None
-        self._batches += 1
-
-    def after_batch(self, samples: int) -> None:
-        if self._now is not None:
-            n, start = self._now
-            self.rates[n] = samples / max(time.perf_counter() - start, 1e-9)
-            self.trials.pop(0)
-
-    def restore(self) -> None:
-        LAST_EXTRACTION.clear()
-        LAST_EXTRACTION.update(threads=self.best(), rates=dict(self.rates))
-        torch.set_num_threads(self.previous)

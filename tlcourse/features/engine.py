@@ -126,14 +126,17 @@ class OnnxFeatures:
         names: the layer names ``forward`` returns, in order.
         forward: the eager forward pass, traced for the export and used to check it.
         threads: ONNX Runtime's intra-op threads.
-        spin: let idle engine threads spin; off when a DataLoader worker needs a core too.
+        spin: let idle engine threads spin; off when a decoding thread or worker needs a core too.
+        batch: run a batch in slices of this many images (``None``: all at once); smaller
+            slices keep the activations in the CPU cache (``runtime.CPU_ENGINE_BATCH``).
         root: the folder of the exported files (default ``build/onnx``).
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], forward: Forward, *, threads: int,
-                 spin: bool = True, root: str | os.PathLike[str] | None = None) -> None:
+                 spin: bool = True, batch: int | None = None,
+                 root: str | os.PathLike[str] | None = None) -> None:
         self.model, self.names, self.forward = model, list(names), forward
-        self.threads, self.spin, self.root = threads, spin, root
+        self.threads, self.spin, self.batch, self.root = threads, spin, batch, root
         self.sessions: dict[tuple[int, ...], Any] = {}
         self.exported: list[Path] = []  # the files exported (not loaded from the cache) by this object
 
@@ -202,8 +205,11 @@ class OnnxFeatures:
 
     def _run(self, session: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        outputs = session.run(None, {"x": array})
-        return {name: torch.from_numpy(out) for name, out in zip(self.names, outputs, strict=True)}
+        step = self.batch or len(array) or 1
+        parts = [session.run(None, {"x": array[i:i + step]}) for i in range(0, len(array), step)]
+        if len(parts) == 1:
+            return {name: torch.from_numpy(out) for name, out in zip(self.names, parts[0], strict=True)}
+        return {name: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k, name in enumerate(self.names)}
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: (N, D) float32}`` for the batch ``x`` (N, C, H, W)."""

@@ -30,7 +30,7 @@ from tlcourse.runtime import (
     WORKER_MIN_BATCHES,
     DeviceSettings,
     ThreadChooser,
-    batches_on_one_thread,
+    decoded_batches,
     device_settings,
     engine_threads,
 )
@@ -144,8 +144,9 @@ def extract_stage_features(
     train/eval mode is restored afterwards.
 
     On a CPU (``settings.engine == "onnxruntime"``) ONNX Runtime computes the features with
-    :func:`runtime.engine_threads` threads while ``settings.workers`` DataLoader workers decode
-    (``num_workers=None``; an explicit count wins). Eager PyTorch (CUDA/MPS, bf16, or the fallback)
+    :func:`runtime.engine_threads` threads in slices of ``settings.engine_batch`` images, while a
+    background thread decodes the next batch (``settings.decode_ahead``) or ``settings.workers``
+    DataLoader workers decode (``num_workers=None``; an explicit count wins). Eager PyTorch (CUDA/MPS, bf16, or the fallback)
     picks its CPU thread count by timing the first batches (``runtime.ThreadChooser``) when
     ``threads=None``; the process's setting is restored. :data:`runtime.LAST_EXTRACTION` records
     the engine, workers and threads used.
@@ -159,13 +160,16 @@ def extract_stage_features(
     settings.prepare(model.eval())
     outputs: dict[str, list[torch.Tensor]] = {POOLED if name is None else name: [] for name in layers}
     labels: list[torch.Tensor] = []
+    use_engine = cpu and settings.engine == "onnxruntime" and settings.autocast_dtype() is None
+    ahead = use_engine and settings.decode_ahead and workers == 0
     engine: OnnxFeatures | None = None
     try:
-        with torch.inference_mode(), settings.autocast(), _capture(model, layers) as run:
-            if cpu and settings.engine == "onnxruntime" and settings.autocast_dtype() is None:
+        with torch.inference_mode(), settings.autocast(), _capture(model, layers) as run, \
+                decoded_batches(loader, ahead=ahead) as batches:
+            if use_engine:
                 engine = OnnxFeatures(model, list(outputs), run, threads=engine_threads(workers, settings.threads),
-                                      spin=workers == 0)
-            for inputs, targets in tqdm(batches_on_one_thread(loader), desc="features", disable=not progress,
+                                      spin=workers == 0 and not ahead, batch=settings.engine_batch)
+            for inputs, targets in tqdm(batches, desc="features", disable=not progress,
                                         leave=False, total=_length(loader)):
                 found = _engine_features(engine, inputs) if engine is not None else None
                 if found is None:
@@ -180,7 +184,8 @@ def extract_stage_features(
     finally:
         chooser.restore()
         model.train(was_training)
-    LAST_EXTRACTION.update(engine="onnxruntime" if engine is not None else "eager", workers=workers)
+    LAST_EXTRACTION.update(engine="onnxruntime" if engine is not None else "eager", workers=workers,
+                           decode_ahead=ahead)
     if engine is not None:
         LAST_EXTRACTION.update(threads=engine.threads, rates={})
     if not labels:

@@ -37,7 +37,7 @@ from tlcourse.features.engine import release_sessions
 from tlcourse.features.extract import global_pool
 from tlcourse.hooks import capture
 from tlcourse.models import Preprocessing, backbone_spec, head_of, stage_layers
-from tlcourse.runtime import batches_on_one_thread, engine_threads
+from tlcourse.runtime import ThreadChooser, decoded_batches, device_settings, engine_threads
 from tlcourse.stages import StageSplit
 
 __all__ = ["PASS_FORMAT", "ImageFiles", "Views", "backbone_pass", "pass_is_cached"]
@@ -157,10 +157,13 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
     was_training = model.training
     model.eval()
     hooks, run = _forward(model, early, cut)
-    engine: OnnxFeatures | None = OnnxFeatures(model, names, run, threads=engine_threads(0))
+    settings = device_settings("cpu", inference=True)
+    engine: OnnxFeatures | None = OnnxFeatures(model, names, run, threads=engine_threads(0), spin=not settings.decode_ahead,
+                                               batch=settings.engine_batch)
+    eager_threads = ThreadChooser(None)  # made before decoded_batches holds torch at one thread
     try:
-        with torch.inference_mode(), hooks:
-            for x, _ in tqdm(batches_on_one_thread(loader), total=len(loader), desc=f"{backbone_spec(model).name} features", disable=not progress, leave=False):
+        with torch.inference_mode(), hooks, decoded_batches(loader, ahead=settings.decode_ahead) as batches:
+            for x, _ in tqdm(batches, total=len(loader), desc=f"{backbone_spec(model).name} features", disable=not progress, leave=False):
                 out = None
                 if engine is not None:
                     try:
@@ -169,12 +172,15 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
                         warnings.warn(f"ONNX Runtime unavailable, running eager PyTorch: {err}", RuntimeWarning, stacklevel=2)
                         engine = None
                 if out is None:
+                    eager_threads.before_batch()
                     out = run(x)
+                    eager_threads.after_batch(len(x))
                 half = len(x) // 2
                 for n in names:
                     plain[n].append(out[n][:half].float())
                     flipped[n].append(out[n][half:].float())
     finally:
+        eager_threads.restore()
         model.train(was_training)
         engine = None
         release_sessions()  # the next backbone's ONNX Runtime arena does not come on top of this one's
