@@ -1,0 +1,99 @@
+"""scripts/bf16_parity.py: float32 vs the course's bf16 default, trained and scored on the same images.
+
+The smoke run goes through the real code path (Alien vs Predator from the mirror, ResNet-18, the
+course's ``fit``) in seconds and resumes; the committed reference run must have the scale and the
+answer the README quotes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlcourse import matrix_reference as ref
+from tlcourse import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "notebooks/results/bf16_parity.json"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bf16_parity", ROOT / "scripts/bf16_parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bf16_runs_use_the_course_default_where_it_chooses_bf16_and_ask_for_it_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlcourse import models
+
+    script = _script()
+    for capable in (True, False):
+        monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda capable=capable: capable)
+        for backbone in script.RUNS:
+            for precision in script.PRECISIONS:
+                s = script.settings_for(precision, backbone)
+                s.prepare(models.build_backbone(backbone, num_classes=2, pretrained=False))
+                s.to_device(torch.zeros(1, 3, 224, 224))
+                if precision == "fp32":
+                    assert s.autocast_dtype() is None
+                elif backbone == "resnet18":  # the default: bf16 where the CPU has it
+                    assert s.amp_dtype is None and s.autocast_dtype() == (torch.bfloat16 if capable else None)
+                else:  # depthwise: asked for explicitly
+                    assert s.amp_dtype == torch.bfloat16
+
+
+def test_smoke_run_scores_both_precisions_on_the_same_images_and_resumes(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = os.environ.get("TLCOURSE_MIRROR")
+    if not mirror or not (Path(mirror) / "alien-vs-predator.zip").is_file():
+        pytest.skip("set TLCOURSE_MIRROR to the course mirror (CI: ../shared/datasets)")
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
+    script = _script()
+    out, progress = tmp_path / "parity.json", tmp_path / "rows.jsonl"
+    doc = script.main(["--smoke", "--out", str(out), "--progress", str(progress)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    assert {r["backbone"] for r in doc["rows"]} == set(script.RUNS)
+    for backbone in script.RUNS:
+        rows = {r["precision"]: r for r in doc["rows"] if r["backbone"] == backbone}
+        assert set(rows) == {"fp32", "bf16"} and rows["fp32"]["n"] == rows["bf16"]["n"] > 0
+        assert rows["fp32"]["autocast"] == "None"
+        bf16_here = runtime.cpu_supports_bf16() or backbone != "resnet18"
+        assert rows["bf16"]["autocast"] == ("torch.bfloat16" if bf16_here else "None")
+        for r in rows.values():
+            hits = ref.unbits(r["correct"], r["n"])
+            assert sum(hits) / r["n"] == pytest.approx(r["accuracy"])
+        (seed,) = doc["summary"][backbone]["per_seed"]
+        assert seed["diff"] == pytest.approx(rows["bf16"]["accuracy"] - rows["fp32"]["accuracy"])
+        assert "one seed" in doc["summary"][backbone]["verdict_over_seeds"]  # never a verdict from one seed
+
+    def no_training(*a: object, **k: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(script, "run_one", no_training)
+    again = script.main(["--smoke", "--out", str(out), "--progress", str(progress)])
+    assert again["rows"] == doc["rows"]
+
+
+def test_the_committed_run_has_its_scale_and_its_verdicts_follow_the_numbers() -> None:
+    doc = json.loads(REFERENCE.read_text())
+    meta = doc["meta"]
+    assert not meta["smoke"] and meta["size"] == 224 and meta["command"].startswith("TLCOURSE_MIRROR=")
+    assert set(meta["runs"]) == {"resnet18", "efficientnet_lite0"} and meta["cpu_supports_bf16"]
+    assert {r["autocast"] for r in doc["rows"] if r["precision"] == "bf16"} == {"torch.bfloat16"}
+    for backbone, summary in doc["summary"].items():
+        assert len(summary["seeds"]) >= 3, backbone
+        low, high = summary["over_seeds"]["ci"]
+        if low > 0 or high < 0:
+            assert "better" in summary["verdict_over_seeds"]
+        else:
+            assert summary["verdict_over_seeds"].startswith("no measurable difference")
+        for s in summary["per_seed"]:
+            assert s["fp32_ci"][0] <= s["fp32_acc"] <= s["fp32_ci"][1]
+            assert s["bf16_ci"][0] <= s["bf16_acc"] <= s["bf16_ci"][1]
