@@ -192,6 +192,9 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
         add("onnxruntime, whole batches, decoding in turn", size, s, n, f"{cores} threads")
         s, _ = course(engine="onnxruntime", workers=0, threads=cores, decode_ahead=False)
         add(f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding in turn", size, s, n, f"{cores} threads")
+        s, _ = course(engine="onnxruntime", workers=0, threads=cores, decode_ahead=True)
+        add(f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding ahead on a thread", size, s, n,
+            f"{cores} threads, not spinning")
         s, _ = course(engine="onnxruntime", workers=1, threads=cores)
         add("onnxruntime + 1 decoding worker, every core", size, s, n, f"{cores} threads")
         s, (fast, _) = timed(lambda: features.extract_features(model, images_on_disk(eval_transform(size), images),
@@ -230,7 +233,8 @@ def _rate(rows: list[dict[str, Any]], size: int, prefix: str) -> dict[str, Any]:
 
 
 ENGINE_ROWS = {"naive": "naive", "eager": "eager PyTorch", "bf16": "eager + bf16",
-               "onnxruntime_whole_batches": "onnxruntime, whole", "onnxruntime_slices": "onnxruntime, slices",
+               "onnxruntime_whole_batches": "onnxruntime, whole", "onnxruntime_slices": f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding in turn",
+               "onnxruntime_slices_decoding_ahead": f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding ahead",
                "onnxruntime_worker": "onnxruntime + 1", "course": "course default"}
 
 
@@ -316,8 +320,8 @@ rates): {r['export_seconds']} s.
 ## Engines side by side (img/s, end to end)
 
 {md_table(r['engines'])}
-The course default is ONNX Runtime in slices of {runtime.CPU_ENGINE_BATCH} with the next batch decoding
-on a background thread.
+The course default is ONNX Runtime in slices of {runtime.CPU_ENGINE_BATCH}, decoding
+{'ahead on a background thread' if runtime.CPU_DECODE_AHEAD else 'in turn (runtime.CPU_DECODE_AHEAD is off)'}.
 
 ## Where the time goes (ms per image, each part measured apart)
 

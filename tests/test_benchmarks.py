@@ -228,6 +228,7 @@ def test_engine_rows_agree_on_generated_data(tiny: Tiny, jpegs: Path, tmp_path: 
               "onnxruntime_whole_batches": {"engine": "onnxruntime", "workers": 0, "engine_batch": None,
                                             "decode_ahead": False},
               "onnxruntime_slices": {"engine": "onnxruntime", "workers": 0, "decode_ahead": False},
+              "onnxruntime_slices_decoding_ahead": {"engine": "onnxruntime", "workers": 0, "decode_ahead": True},
               "onnxruntime_worker": {"engine": "onnxruntime", "workers": 1, "threads": 2}}.get(key, {})
         feats, _ = features.extract_features(tiny, ds, device=extraction.settings(batch_size=2, **kw), progress=False)
         atol = 5e-2 if key == "bf16" else 1e-4

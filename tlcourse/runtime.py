@@ -81,14 +81,15 @@ CPU_ENGINE = "onnxruntime"
 #: trains 1.4x faster in bf16 at 64 px and 3.2x at 224 px; EfficientNet-Lite0 0.6-1.0x (slower).
 CPU_BF16_MIN_SIDE: int | None = 64
 
-#: Decode the next batch on a background thread while ONNX Runtime computes this one (its own
-#: threads do not spin then). Measured on 2 cores: +15-20% over decoding in turn, where a
-#: decoding worker process was slower (``python -m benchmarks --only extraction``).
-CPU_DECODE_AHEAD = True
+#: Decode the next batch on a background thread while ONNX Runtime computes this one (whose
+#: threads then stop spinning between operators). Off: on the course's 2-core CPU it was no faster
+#: at 224 px and slower at 160 px (``python -m benchmarks --only extraction`` has both rows); the
+#: engine needs both cores. Turn it on where cores are to spare.
+CPU_DECODE_AHEAD = False
 
 #: ONNX Runtime runs a CPU batch in slices of this many images: the activations of a few images
-#: stay in the cache (measured on 2 cores, Lite0 at 224 px: 7.4-7.9 ms per image in slices of 2-4,
-#: 8.5-9.0 in batches of 16-32). ``None``: the whole batch at once.
+#: stay in the cache (measured on 2 cores, Lite0: 79 -> 98 img/s at 224 px and 136 -> 160 at
+#: 160 px, end to end, against whole batches of 16). ``None``: the whole batch at once.
 CPU_ENGINE_BATCH: int | None = 4
 
 #: DataLoader workers that decode images while a CPU inference engine computes; a worker costs
