@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from tlcourse import data, evaluation, models, runtime
@@ -57,13 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def settings_for(precision: str, backbone: str = "resnet18") -> runtime.DeviceSettings:
-    """float32 forced; for bf16 the course's CPU default where it chooses bf16 for the backbone
+def settings_for(precision: str, model: nn.Module) -> runtime.DeviceSettings:
+    """float32 forced; for bf16 the course's CPU default where it chooses bf16 for ``model``
     (:func:`runtime.bf16_pays_off`), else bf16 asked for."""
     if precision == "fp32":
         return runtime.device_settings("cpu", bf16=False)
-    default = runtime.bf16_pays_off(models.build_backbone(backbone, pretrained=False))
-    return runtime.device_settings("cpu") if default else runtime.device_settings("cpu", bf16=True)
+    return runtime.device_settings("cpu") if runtime.bf16_pays_off(model) else runtime.device_settings("cpu", bf16=True)
 
 
 def load(backbone: str, size: int, smoke: bool) -> dict[str, Any]:
@@ -85,9 +85,9 @@ def run_one(d: dict[str, Any], backbone: str, precision: str, seed: int, epochs:
     """Train once and score the held-out images; the row keeps per-image correctness for paired tests."""
     train = data.TensorImages(*d["train"], size=size, mean=d["mean"], std=d["std"], train=True)
     val = data.TensorImages(*d["validation"], size=size, mean=d["mean"], std=d["std"])
-    settings = settings_for(precision, backbone)
     torch.manual_seed(seed)
     model = models.build_backbone(backbone, num_classes=2, pretrained=RUNS[backbone][0])
+    settings = settings_for(precision, model)
     train_loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val, batch_size=64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3 if not RUNS[backbone][0] else 3e-4)

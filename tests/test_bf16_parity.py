@@ -38,8 +38,9 @@ def test_bf16_runs_use_the_course_default_where_it_chooses_bf16_and_ask_for_it_e
         monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda capable=capable: capable)
         for backbone in script.RUNS:
             for precision in script.PRECISIONS:
-                s = script.settings_for(precision, backbone)
-                s.prepare(models.build_backbone(backbone, num_classes=2, pretrained=False))
+                model = models.build_backbone(backbone, num_classes=2, pretrained=False)
+                s = script.settings_for(precision, model)
+                s.prepare(model)
                 s.to_device(torch.zeros(1, 3, 224, 224))
                 if precision == "fp32":
                     assert s.autocast_dtype() is None
