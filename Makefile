@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 	@echo "[setup] $$(date -u +%H:%M:%S) installing the course into $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# Without an NVIDIA GPU, torch's CPU build (no CUDA libraries) when its index is reachable;
+	@# pip's own configuration stays in force (scripts/torch_index.py; TLCOURSE_TORCH=cpu|cuda|local).
+	torch_args="$$($(BIN)/python scripts/torch_index.py)" && \
+		$(BIN)/python -m pip install --quiet -e '.[test]' $$torch_args
 	@touch $(STAMP)
 	@echo "[setup] $$(date -u +%H:%M:%S) done"
 
