@@ -6,9 +6,9 @@ The default backbone (depthwise-separable) and ResNet-18 (dense convolutions) wi
 head, every layer trainable, AdamW, batch 32, channels_last, random images at 64, 128 and 224 px. Each step goes through the course's own
 ``train_one_epoch`` with a forced ``DeviceSettings`` (``amp_dtype`` None or bfloat16), so it times
 what ``fit`` runs. The two precisions alternate round by round, so a change in the machine's load
-hits both. This measures ``runtime.CPU_BF16_MIN_SIDE`` and ``runtime.bf16_pays_off``: bf16 is the
-default for the models and sizes where it is faster. One depthwise and one dense convolution timed
-alone show why the two kinds of network differ.
+hits both. This measures the advice behind ``runtime.bf16_pays_off``: ask for bf16
+(``device_settings(bf16=True)``) for the models where it is faster. One depthwise and one dense
+convolution timed alone show why the two kinds of network differ.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def conv_backward_ms(groups: int, channels: int, side: int, *, batch: int = 32, 
 def run(sizes: Sequence[int] = SIZES, batch: int = 32, steps: int = 4, rounds: int = 2,
         backbones: Sequence[str] = BACKBONES, side: int = 56) -> Section:
     """fp32 vs bf16 training steps per backbone and size, ``rounds`` alternating rounds each, and
-    the course default's choice (:func:`runtime.device_settings` + ``prepare``)."""
+    the course's advice for each backbone (bf16 where :func:`runtime.bf16_pays_off` on a CPU with
+    native bf16: :func:`runtime.cpu_supports_bf16`)."""
     base = runtime.device_settings("cpu", bf16=False)
     modes = {"fp32": base, "bf16": dataclasses.replace(base, amp_dtype=torch.bfloat16)}
     rows: list[dict[str, Any]] = []
@@ -83,13 +84,11 @@ def run(sizes: Sequence[int] = SIZES, batch: int = 32, steps: int = 4, rounds: i
                     model = settings.prepare(build(backbone))
                     rates[mode].append(step_rate(model, settings, size, batch, steps))
             best = {m: max(v) for m, v in rates.items()}
-            default = runtime.device_settings("cpu")
-            default.prepare(build(backbone))
-            default.to_device(torch.zeros(1, 3, size, size))
+            advice = runtime.bf16_pays_off(build(backbone)) and runtime.cpu_supports_bf16()
             rows.append({"backbone": backbone, "size": size, "fp32_img_per_s": round(best["fp32"], 1),
                          "bf16_img_per_s": round(best["bf16"], 1),
                          "bf16_speedup": round(ratio(1 / best["fp32"], 1 / best["bf16"]), 2),
-                         "course_default": "bf16" if default.autocast_dtype() == torch.bfloat16 else "fp32"})
+                         "course_advice": "bf16" if advice else "fp32"})
             print(f"[training_steps] {backbone} {size}px: fp32 {best['fp32']:.1f} img/s, bf16 {best['bf16']:.1f} img/s",
                   flush=True)
     convs = [{"layer": f"depthwise 3x3, 96 channels, {side} px", **conv_backward_ms(96, 96, side, batch=batch)},
@@ -97,16 +96,15 @@ def run(sizes: Sequence[int] = SIZES, batch: int = 32, steps: int = 4, rounds: i
     faster = {b: [r["size"] for r in rows if r["backbone"] == b and r["bf16_speedup"] >= 1.1] for b in backbones}
     info: dict[str, Any] = {
         "machine": machine(), "batch": batch, "steps": steps, "rounds": rounds, "rows": rows, "convolutions": convs,
-        "cpu_supports_bf16": runtime.cpu_supports_bf16(), "policy_min_side": runtime.CPU_BF16_MIN_SIDE,
+        "cpu_supports_bf16": runtime.cpu_supports_bf16(),
         "bf16_faster_from": {b: min(v) if v else None for b, v in faster.items()},
     }
     text = (f"# Training steps on the CPU: float32 vs bf16 autocast\n\nEvery layer trainable, AdamW, batch {batch}, "
             f"channels_last, {steps} timed steps, best of {rounds} alternating rounds; "
             f"{info['machine']['torch_threads']} threads, load average {info['machine']['load_average']}. "
-            f"Native bf16 on this CPU: {info['cpu_supports_bf16']}. `course_default`: what `fit` runs "
-            f"(`runtime.device_settings`, `runtime.bf16_pays_off`).\n\n{md_table(rows)}\n"
-            f"bf16 at least 1.1x faster from (px): {info['bf16_faster_from']}. The course's default: bf16 autocast "
-            f"from {runtime.CPU_BF16_MIN_SIDE} px on CPUs with native bf16, for models without depthwise "
-            f"convolutions.\n\nWhy the depthwise-separable network does not gain: one convolution, forward + "
+            f"Native bf16 on this CPU: {info['cpu_supports_bf16']}. `course_advice`: what the course advises "
+            f"asking for (`runtime.device_settings(bf16=True)` where `runtime.bf16_pays_off` and the CPU has native "
+            f"bf16; the default is float32).\n\n{md_table(rows)}\n"
+            f"bf16 at least 1.1x faster from (px): {info['bf16_faster_from']}.\n\nWhy the depthwise-separable network does not gain: one convolution, forward + "
             f"backward, batch {batch}:\n\n{md_table(convs)}\n")
     return Section("training_steps", info, text)

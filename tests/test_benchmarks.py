@@ -261,14 +261,13 @@ def test_training_steps_section_on_a_tiny_run(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(training_steps.models, "build_backbone",
                         lambda name, **k: Depthwise() if name == "depthwise" else Small())
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(runtime, "CPU_BF16_MIN_SIDE", 10)
     section = training_steps.run(sizes=(8, 12), batch=2, steps=1, rounds=1, backbones=("depthwise", "dense"), side=6)
     rows = section.data["rows"]
     assert section.name == "training_steps" and [(r["backbone"], r["size"]) for r in rows] == [
         ("depthwise", 8), ("depthwise", 12), ("dense", 8), ("dense", 12)]
     assert all(r["fp32_img_per_s"] > 0 and r["bf16_img_per_s"] > 0 for r in rows)
-    # the course default follows the policy: dense models from the threshold size, never depthwise ones
-    assert [r["course_default"] for r in rows] == ["fp32", "fp32", "fp32", "bf16"]
+    # the course's advice: bf16 for dense models on a CPU with native bf16, never for depthwise ones
+    assert [r["course_advice"] for r in rows] == ["fp32", "fp32", "bf16", "bf16"]
     assert [c["layer"].split()[0] for c in section.data["convolutions"]] == ["depthwise", "dense"]
     assert all(c["fp32_ms"] > 0 and c["bf16_ms"] > 0 for c in section.data["convolutions"])
-    assert "bf16" in section.markdown and section.data["policy_min_side"] == runtime.CPU_BF16_MIN_SIDE
+    assert "bf16" in section.markdown and section.data["cpu_supports_bf16"] is True

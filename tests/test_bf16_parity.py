@@ -29,25 +29,15 @@ def _script():
     return module
 
 
-def test_bf16_runs_use_the_course_default_where_it_chooses_bf16_and_ask_for_it_elsewhere(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlcourse import models
-
+def test_each_run_asks_for_its_precision_explicitly_whatever_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     script = _script()
     for capable in (True, False):
         monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda capable=capable: capable)
-        for backbone in script.RUNS:
-            for precision in script.PRECISIONS:
-                model = models.build_backbone(backbone, num_classes=2, pretrained=False)
-                s = script.settings_for(precision, model)
-                s.prepare(model)
-                s.to_device(torch.zeros(1, 3, 224, 224))
-                if precision == "fp32":
-                    assert s.autocast_dtype() is None
-                elif backbone == "resnet18":  # the default: bf16 where the CPU has it
-                    assert s.amp_dtype is None and s.autocast_dtype() == (torch.bfloat16 if capable else None)
-                else:  # depthwise: asked for explicitly
-                    assert s.amp_dtype == torch.bfloat16
+        for precision in script.PRECISIONS:
+            s = script.settings_for(precision)
+            assert s.amp_dtype == (torch.bfloat16 if precision == "bf16" else None)
+            with s.autocast():
+                assert torch.is_autocast_enabled("cpu") is (precision == "bf16")
 
 
 def test_smoke_run_scores_both_precisions_on_the_same_images_and_resumes(tmp_path: Path,

@@ -15,11 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tlcourse import models
 from tlcourse.evaluation import accuracy_ci
 from tlcourse.runtime import (
-    CPU_BF16_MIN_SIDE,
     CPU_CHANNELS_LAST,
     DeviceSettings,
     bf16_pays_off,
-    cpu_supports_bf16,
     device_settings,
     make_loader,
 )
@@ -64,15 +62,11 @@ def test_auto_picks_cuda_when_present(fake_cuda):
 
 def test_cpu_settings():
     s = device_settings("cpu")
-    # The measured policy (benchmarks, section training_steps): float32, plus bf16 autocast for
-    # inputs of at least CPU_BF16_MIN_SIDE px on CPUs with native bf16, for models without
-    # depthwise convolutions (bf16_pays_off; tested below).
-    bf16_min_side = CPU_BF16_MIN_SIDE if cpu_supports_bf16() else None
+    # float32 unless bf16 is asked for: the same on every CPU, whatever ran before.
     assert s == DeviceSettings(device=CPU, amp_dtype=None, grad_scaler=False, channels_last=CPU_CHANNELS_LAST,
-                              non_blocking=False, pin_memory=False, batch_size=32, cudnn_benchmark=False,
-                              bf16_min_side=bf16_min_side)
+                              non_blocking=False, pin_memory=False, batch_size=32, cudnn_benchmark=False)
     assert not s.amp
-    assert device_settings("cpu", bf16=False).bf16_min_side is None
+    assert device_settings("cpu", bf16=False).amp_dtype is None
     assert device_settings("cpu", bf16=True).amp_dtype == torch.bfloat16
 
 
@@ -92,23 +86,31 @@ def test_bf16_pays_off_for_dense_convolutions_only():
 
 
 @pytest.mark.parametrize("capable", [True, False])
-def test_cpu_bf16_depends_on_the_cpu_the_model_and_the_input_size(capable, monkeypatch):
-    """The mechanism: bf16 only on a capable CPU, for a prepared dense model, from the threshold."""
-    monkeypatch.setattr("tlcourse.runtime.CPU_BF16_MIN_SIDE", 160)
+def test_precision_comes_from_the_arguments_never_from_the_cpu_or_earlier_calls(capable, monkeypatch):
     monkeypatch.setattr("tlcourse.runtime.cpu_supports_bf16", lambda: capable)
     s = device_settings("cpu")
-    assert device_settings("cpu", inference=True).bf16_min_side is None  # features stay float32
-    s.to_device(torch.zeros(1, 3, 200, 200))
-    assert s.autocast_dtype() is None  # no model prepared yet: float32
-    s.prepare(depthwise_net())
-    assert s.autocast_dtype() is None  # bf16 would be slower for this model
-    s.prepare(dense_net())
-    small, large = 80, 160
-    for side, expected in ((small, None), (large, torch.bfloat16 if capable else None), (small, None)):
-        s.to_device(torch.zeros(1, 3, side, side + 5))
-        assert s.autocast_dtype() == expected
-        with s.autocast():
-            assert torch.is_autocast_enabled("cpu") is (expected is not None)
+    before = dataclasses.replace(s)
+    for net in (depthwise_net(), dense_net()):  # preparing or training a model changes nothing
+        s.prepare(net)
+        for side in (8, 224):
+            s.to_device(torch.zeros(1, 3, side, side))
+            with s.autocast():
+                assert not torch.is_autocast_enabled("cpu")
+    assert s == before
+    asked = device_settings("cpu", bf16=True)
+    with asked.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert device_settings("cpu", inference=True).amp_dtype is None  # features stay float32
+
+
+def test_fit_does_not_change_the_settings_it_is_given():
+    settings = device_settings("cpu")
+    before = dataclasses.replace(settings)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,))
+    loader = [(x[:8], y[:8]), (x[8:], y[8:])]
+    model = nn.Sequential(dense_net(), nn.Linear(8, 2))
+    fit(model, loader, loader, epochs=1, settings=settings, progress=False)
+    assert settings == before and settings.amp_dtype is None
 
 
 def test_mps_settings_use_no_channels_last():

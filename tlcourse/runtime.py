@@ -1,10 +1,10 @@
 """Where and how code runs: device, seeds, precision, memory format and CPU threads.
 
 One settings object, :class:`DeviceSettings`, serves training, evaluation, feature extraction,
-the notebooks and the benchmarks. Make one with :func:`device_settings`. The training loop
-does not branch on the hardware; it asks the settings object to move a batch
-(:meth:`DeviceSettings.to_device`), to run the forward pass (:meth:`DeviceSettings.autocast`)
-and to take the optimizer step (:meth:`DeviceSettings.step`).
+the notebooks and the benchmarks. Make one with :func:`device_settings`. The training loop asks
+it to move a batch (:meth:`DeviceSettings.to_device`) and to run the forward pass
+(:meth:`DeviceSettings.autocast`); precision is decided when the settings are made, from the
+arguments given, never from what ran before.
 
 The CPU thread helpers live in :mod:`tlcourse.cpu_threads` and are re-exported here:
 :func:`apply_thread_policy` (a notebook's setup), :func:`one_thread` (tiny tensor ops),
@@ -39,7 +39,6 @@ from tlcourse.cpu_threads import (
 )
 
 __all__ = [
-    "CPU_BF16_MIN_SIDE",
     "CPU_CHANNELS_LAST",
     "CPU_DECODE_AHEAD",
     "CPU_ENGINE",
@@ -74,22 +73,15 @@ ENGINES = ("eager", "onnxruntime")
 #: PyTorch stays the route on CUDA/MPS and the fallback when an export fails.
 CPU_ENGINE = "onnxruntime"
 
-#: CPU training on a bf16-capable CPU (:func:`cpu_supports_bf16`) runs under bf16 autocast for
-#: models where it pays off (:func:`bf16_pays_off`: no depthwise convolutions) and image batches
-#: at least this many pixels on a side; ``None``: never by default (``bf16=True`` asks for it).
-#: Measured by ``python -m benchmarks --only training_steps`` on the course's 2-core CPU: ResNet-18
-#: trains 1.4x faster in bf16 at 64 px and 3.2x at 224 px; EfficientNet-Lite0 0.6-1.0x (slower).
-CPU_BF16_MIN_SIDE: int | None = 64
-
 #: Decode the next batch on a background thread while ONNX Runtime computes this one (whose
 #: threads then stop spinning between operators). Off: on the course's 2-core CPU it was no faster
 #: at 224 px and slower at 160 px (``python -m benchmarks --only extraction`` has both rows); the
 #: engine needs both cores. Turn it on where cores are to spare.
 CPU_DECODE_AHEAD = False
 
-#: ONNX Runtime runs a CPU batch in slices of this many images: the activations of a few images
-#: stay in the cache (measured on 2 cores, Lite0: 79 -> 98 img/s at 224 px and 136 -> 160 at
-#: 160 px, end to end, against whole batches of 16). ``None``: the whole batch at once.
+#: ONNX Runtime runs a CPU batch in slices of this many images, so the activations of a few
+#: images stay in the cache; the README's Performance section has the measurement
+#: (``python -m benchmarks --only extraction``). ``None``: the whole batch at once.
 CPU_ENGINE_BATCH: int | None = 4
 
 #: DataLoader workers that decode images while a CPU inference engine computes; a worker costs
@@ -202,8 +194,6 @@ class DeviceSettings:
             (eager) or :func:`engine_threads` choose it (ONNX Runtime).
         engine: ``"onnxruntime"`` (frozen-backbone inference on a CPU) or ``"eager"`` PyTorch.
         workers: DataLoader workers that decode while the model computes (inference loaders).
-        bf16_min_side: bf16 autocast for 4-D batches whose smaller side is at least this many
-            pixels (the CPU's size-dependent policy); ``None``: ``amp_dtype`` alone decides.
         decode_ahead: decode the next batch on a background thread while the inference engine
             computes this one (:func:`decoded_batches`).
         engine_batch: the inference engine's slice of a batch (``None``: the whole batch).
@@ -220,12 +210,9 @@ class DeviceSettings:
     threads: int | None = None
     engine: str = "eager"
     workers: int = 0
-    bf16_min_side: int | None = None
     decode_ahead: bool = False
     engine_batch: int | None = None
     scaler: torch.amp.GradScaler | None = field(default=None, repr=False, compare=False)
-    _last_side: int = field(default=0, init=False, repr=False, compare=False)
-    _bf16_model: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -235,56 +222,28 @@ class DeviceSettings:
 
     @property
     def amp(self) -> bool:
-        """Whether autocast (mixed precision) is on for every batch (not the size-dependent bf16)."""
+        """Whether the forward pass runs under autocast (mixed precision)."""
         return self.amp_dtype is not None
-
-    def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of the latest batch: ``amp_dtype``, else bf16 when the model given to
-        :meth:`prepare` gains from it (:func:`bf16_pays_off`) and that batch's smaller side reaches
-        ``bf16_min_side`` (the loops move a batch before its forward pass)."""
-        if (self.amp_dtype is None and self.bf16_min_side is not None and self._bf16_model
-                and self._last_side >= self.bf16_min_side):
-            return torch.bfloat16
-        return self.amp_dtype
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The context the forward pass and the loss run in (mixed precision, or nothing)."""
-        dtype = self.autocast_dtype()
-        if dtype is None:
+        if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def to_device(self, batch: Any) -> Any:
-        """A tensor on the device (channels_last for 4-D image batches when set); others as is.
-
-        A 4-D batch's smaller side is remembered for the size-dependent bf16 policy.
-        """
+        """A tensor on the device (channels_last for 4-D image batches when set); others as is."""
         if not isinstance(batch, torch.Tensor):
             return batch
-        if batch.dim() == 4:
-            self._last_side = int(min(batch.shape[-2:]))
         if self.channels_last and batch.dim() == 4:
             return batch.to(self.device, non_blocking=self.non_blocking, memory_format=torch.channels_last)
         return batch.to(self.device, non_blocking=self.non_blocking)
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Backward pass and optimizer step, through the loss scaler when there is one."""
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-        self.scaler.update()
-
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device (in place), in channels_last memory when set, and note
-        whether the CPU's bf16 policy applies to it (:func:`bf16_pays_off`).
+        """Move ``model`` to the device (in place), in channels_last memory when set.
 
         A ``DistributedDataParallel`` model must be prepared before wrapping; here it is checked.
         """
-        self._bf16_model = bf16_pays_off(model.module if isinstance(model, nn.parallel.DistributedDataParallel)
-                                         else model)
         if isinstance(model, nn.parallel.DistributedDataParallel):
             wrong = [n for n, p in model.module.named_parameters() if p.device != self.device]
             if wrong:
@@ -301,12 +260,14 @@ class DeviceSettings:
 
 
 def bf16_pays_off(model: nn.Module) -> bool:
-    """Whether bf16 autocast speeds up training ``model`` on a CPU with native bf16: when it has
-    no grouped (depthwise) convolutions.
+    """Whether ``device_settings(..., bf16=True)`` is worth asking for when training ``model`` on
+    a CPU with native bf16 (:func:`cpu_supports_bf16`): when it has no grouped (depthwise)
+    convolutions.
 
-    Dense convolutions become bf16 matrix products, about twice as fast; oneDNN's bf16 backward
-    pass of a depthwise convolution is slower than float32 (measured: 1.7-3.7x slower), and
-    depthwise-separable networks (EfficientNet, MobileNet) are mostly such layers.
+    Dense convolutions become bf16 matrix products, several times faster; oneDNN's bf16 backward
+    pass of a depthwise convolution is slower than float32, and depthwise-separable networks
+    (EfficientNet, MobileNet) are mostly such layers. The README's Performance section has the
+    measurements (``python -m benchmarks --only training_steps``).
     """
     return not any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for m in model.modules())
 
@@ -324,15 +285,14 @@ def device_settings(
 ) -> DeviceSettings:
     """The settings for ``device`` (``None``/``"auto"``: :func:`select_device`).
 
-    CUDA: bf16 autocast (fp16 with a loss scaler before Ampere), channels_last, pinned memory
-    and asynchronous copies, cuDNN benchmark. CPU: channels_last; training runs float32, with
-    bf16 autocast for inputs of at least :data:`CPU_BF16_MIN_SIDE` px where
-    :func:`cpu_supports_bf16` and for models where :func:`bf16_pays_off` (``bf16=True``: always,
-    ``False``: never); inference runs float32
-    on :data:`CPU_ENGINE` in slices of :data:`CPU_ENGINE_BATCH` images, decoding ahead on a thread
-    (:data:`CPU_DECODE_AHEAD`) or in :data:`CPU_INFERENCE_WORKERS` workers (``bf16=True`` means
-    eager bf16 autocast).
-    MPS: float32. ``inference=True`` gives the batch size for forward passes only (no loss
+    ``bf16`` is the precision, decided here and nowhere else. ``None`` (the default) is the
+    device's default: on CUDA, bf16 autocast (fp16 with a loss scaler before Ampere); on the CPU
+    and MPS, float32. ``True`` asks for bf16 autocast (on a CPU it pays off for dense networks on
+    CPUs with native bf16: :func:`bf16_pays_off`, :func:`cpu_supports_bf16`); ``False`` forces
+    float32. CUDA also gets channels_last, pinned memory, asynchronous copies and cuDNN benchmark.
+    The CPU gets channels_last; its inference runs float32 on :data:`CPU_ENGINE` in slices of
+    :data:`CPU_ENGINE_BATCH` images, decoding ahead on a thread (:data:`CPU_DECODE_AHEAD`) or in
+    :data:`CPU_INFERENCE_WORKERS` workers (``bf16=True`` means eager bf16 autocast). ``inference=True`` gives the batch size for forward passes only (no loss
     scaler). A ``DeviceSettings`` passed in is returned as it is, with ``batch_size`` and
     ``threads`` applied when given.
     """
@@ -342,11 +302,8 @@ def device_settings(
     device = device if isinstance(device, torch.device) else select_device(device)
     cuda, cpu = device.type == "cuda", device.type == "cpu"
     amp_dtype = amp_settings(device)[1]
-    if cpu and bf16:
-        amp_dtype = torch.bfloat16
-    bf16_min_side = None
-    if cpu and bf16 is None and not inference and cpu_supports_bf16() and CPU_BF16_MIN_SIDE is not None:
-        bf16_min_side = CPU_BF16_MIN_SIDE
+    if bf16 is not None:
+        amp_dtype = torch.bfloat16 if bf16 else None
     if engine is None:
         engine = CPU_ENGINE if cpu and inference and amp_dtype is None else "eager"
     if workers is None:
@@ -370,7 +327,6 @@ def device_settings(
         threads=threads,
         engine=engine,
         workers=int(workers),
-        bf16_min_side=bf16_min_side,
         decode_ahead=cpu_engine and CPU_DECODE_AHEAD and not workers,
         engine_batch=CPU_ENGINE_BATCH if cpu_engine else None,
     )

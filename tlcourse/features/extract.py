@@ -160,7 +160,7 @@ def extract_stage_features(
     settings.prepare(model.eval())
     outputs: dict[str, list[torch.Tensor]] = {POOLED if name is None else name: [] for name in layers}
     labels: list[torch.Tensor] = []
-    use_engine = cpu and settings.engine == "onnxruntime" and settings.autocast_dtype() is None
+    use_engine = cpu and settings.engine == "onnxruntime" and settings.amp_dtype is None
     ahead = use_engine and settings.decode_ahead and workers == 0
     engine: OnnxFeatures | None = None
     try:

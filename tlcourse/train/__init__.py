@@ -4,6 +4,7 @@
   one screen (notebook 02 writes them inline first);
 - :mod:`~tlcourse.train.fit`: ``fit``, which repeats them and calls the callbacks;
 - :mod:`~tlcourse.train.callbacks`: the ``Callback`` protocol and the ``Run`` state;
+- :mod:`~tlcourse.train.tracking`: ``EarlyStopping`` and ``KeepBest`` (the best validation epoch);
 - :mod:`~tlcourse.train.history`: ``History``, the per-epoch record;
 - :mod:`~tlcourse.train.checkpoint`: ``best.pt``/``last.pt`` and resume.
 
@@ -14,21 +15,25 @@ is a callback in :mod:`tlcourse.distributed`, which imports this package (never 
 from tlcourse.train.callbacks import Callback, EpochEndFunction, Run
 from tlcourse.train.checkpoint import CHECKPOINT_FORMAT, Checkpoints, load_checkpoint, save_checkpoint
 from tlcourse.train.fit import checked_loss, fit
-from tlcourse.train.history import History
+from tlcourse.train.history import History, improves
 from tlcourse.train.loops import EpochStats, Meter, evaluate, set_train_mode, train_one_epoch
+from tlcourse.train.tracking import EarlyStopping, KeepBest
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Callback",
     "Checkpoints",
+    "EarlyStopping",
     "EpochEndFunction",
     "EpochStats",
     "History",
+    "KeepBest",
     "Meter",
     "Run",
     "checked_loss",
     "evaluate",
     "fit",
+    "improves",
     "load_checkpoint",
     "save_checkpoint",
     "set_train_mode",

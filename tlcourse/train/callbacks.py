@@ -44,6 +44,7 @@ class Run:
     epoch: int = 0  # the current epoch, 1-based
     start_epoch: int = 1  # a resume moves it on
     rank: int = 0  # this process's rank in a multi-process run
+    stop: bool = False  # a callback sets it to end the run after this epoch (early stopping)
     #: ``reduce(values, op)`` combines numbers over the processes ("sum", "min", "max");
     #: the identity in a single process. A multi-process callback replaces it.
     reduce: Callable[[Sequence[float], str], list[float]] = field(default=_same)
@@ -88,7 +89,8 @@ class Callback:
         return stats
 
     def on_epoch_end(self, run: Run) -> None:
-        """After the epoch is in ``run.history`` (``run.history.epochs[-1]``)."""
+        """After the epoch is in ``run.history`` (``run.history.epochs[-1]``); set ``run.stop``
+        to end the run here."""
 
     def on_fit_end(self, run: Run) -> None:
         """After the last epoch."""

@@ -74,7 +74,8 @@ def _check_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, step: str
 
 
 def _warn_untrained_params(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Warn when a trainable parameter is missing from the optimizer: it would never change."""
+    """Warn when a trainable parameter is missing from the optimizer: it would never change.
+    Checked before every epoch, because a callback may unfreeze layers between epochs."""
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
     if missing:
@@ -123,7 +124,10 @@ def _run_epoch(run: Run, callbacks: Sequence[Callback], loss_fn: LossFn, batch_s
     for cb in callbacks:
         val = cb.after_eval(run, val)
     if run.scheduler is not None and batch_scheduler is None:
-        run.scheduler.step(val.loss) if isinstance(run.scheduler, ReduceLROnPlateau) else run.scheduler.step()
+        if isinstance(run.scheduler, ReduceLROnPlateau):
+            run.scheduler.step(val.loss)
+        else:
+            run.scheduler.step()
     run.history.epochs.append({"epoch": run.epoch, "train_loss": train.loss, "train_acc": train.accuracy,
                                "val_loss": val.loss, "val_acc": val.accuracy,
                                "seconds": train.seconds + val.seconds, "lr": lr})
@@ -163,9 +167,11 @@ def fit(
     ``checkpoint_dir`` adds :class:`Checkpoints` (``best.pt``, ``last.pt``, resume from
     ``last.pt`` unless ``resume=False``); ``on_epoch_end(epoch, stats, model)`` and
     ``callbacks`` plug in more (gradual unfreezing, :class:`tlcourse.distributed.Distributed`).
-    ``settings`` (:func:`tlcourse.runtime.device_settings`) overrides ``device``. The model ends
-    in eval mode with the last epoch's weights. Seed before building the model: ``seed`` covers
-    the run, not the initial weights.
+    ``settings`` (:func:`tlcourse.runtime.device_settings`) overrides ``device``; fit does not
+    change it. The model ends in eval mode with the last epoch's weights, or the best epoch's
+    with :class:`~tlcourse.train.tracking.KeepBest`; :class:`~tlcourse.train.tracking.EarlyStopping`
+    ends the run on a plateau. Seed before building the model: ``seed`` covers the run, not the
+    initial weights.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, not {epochs}.")
@@ -174,7 +180,6 @@ def fit(
     settings.prepare(model)
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    _warn_untrained_params(model, optimizer)
     _check_scheduler(scheduler, optimizer, scheduler_step)
     run = Run(model=model, optimizer=optimizer, settings=settings, train_loader=train_loader,
               val_loader=val_loader, epochs=epochs, seed=seed, history=History(),
@@ -188,9 +193,11 @@ def fit(
         for cb in everyone:
             cb.on_fit_start(run)
         for epoch in range(run.start_epoch, epochs + 1):
+            if run.stop:  # a callback ended the run (early stopping, or a resumed run that had stopped)
+                break
             run.epoch = epoch
+            _warn_untrained_params(model, optimizer)  # a callback may have unfrozen layers since
             _run_epoch(run, everyone, loss, scheduler if scheduler_step == "batch" else None)
-            _warn_untrained_params(model, optimizer)
         for cb in everyone:
             cb.on_fit_end(run)
     model.eval()

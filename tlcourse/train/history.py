@@ -6,9 +6,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HISTORY_KEYS", "History"]
+__all__ = ["HISTORY_KEYS", "History", "improves"]
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "lr")
+
+
+def improves(epoch: dict[str, Any], best: dict[str, Any] | None, min_delta: float = 0.0) -> bool:
+    """Whether ``epoch`` beats ``best`` on validation: higher accuracy by more than ``min_delta``,
+    or the same accuracy with a lower loss. The course's one rule for "a better epoch".
+
+    On a small validation set many epochs tie on accuracy; the loss then says which one is more
+    confident in its right answers.
+    """
+    if best is None:
+        return True
+    if epoch["val_acc"] > best["val_acc"] + min_delta:
+        return True
+    return epoch["val_acc"] == best["val_acc"] and epoch["val_loss"] < best["val_loss"]
 
 
 @dataclass
@@ -18,16 +32,22 @@ class History:
     ``seconds`` and ``lr`` (the first parameter group's rate at the epoch's start)."""
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    #: True when a callback (:class:`~tlcourse.train.tracking.EarlyStopping`) ended the run before
+    #: its last epoch; False when it ran every epoch it was given (it hit the cap).
+    stopped_early: bool = False
 
     def __len__(self) -> int:
         return len(self.epochs)
 
     @property
     def best_epoch(self) -> int | None:
-        """The epoch with the highest validation accuracy; the earliest on a tie."""
-        if not self.epochs:
-            return None
-        return int(max(self.epochs, key=lambda e: (e["val_acc"], -e["epoch"]))["epoch"])
+        """The best epoch by :func:`improves`: the highest validation accuracy, a tie going to the
+        lower validation loss, then to the earlier epoch."""
+        best: dict[str, Any] | None = None
+        for e in self.epochs:
+            if best is None or improves(e, best):
+                best = e
+        return None if best is None else int(best["epoch"])
 
     @property
     def best_val_acc(self) -> float | None:
@@ -42,9 +62,11 @@ class History:
     def to_json(self, indent: int | None = 2) -> str:
         """The history as JSON text, with the best epoch for a human reading the file."""
         return json.dumps({"epochs": self.epochs, "best_epoch": self.best_epoch,
-                           "best_val_acc": self.best_val_acc}, indent=indent)
+                           "best_val_acc": self.best_val_acc, "stopped_early": self.stopped_early},
+                          indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> History:
         """Rebuild a ``History`` from :meth:`to_json`'s output."""
-        return cls(epochs=list(json.loads(text)["epochs"]))
+        raw = json.loads(text)
+        return cls(epochs=list(raw["epochs"]), stopped_early=bool(raw.get("stopped_early", False)))

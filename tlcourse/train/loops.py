@@ -2,10 +2,10 @@
 
 Read this file top to bottom from notebook 02: it is the whole recipe. ``fit``
 (:mod:`tlcourse.train.fit`) repeats these two functions for several epochs and plugs
-checkpoints, schedules, gradual unfreezing and multi-process training in around them. Mixed
-precision and channels_last memory come from one settings object
-(:class:`tlcourse.runtime.DeviceSettings`): the loop asks it to move a batch, to run the
-forward pass and to take the optimizer step, and never branches on the hardware.
+checkpoints, schedules, early stopping, gradual unfreezing and multi-process training in around
+them. Where batches go and whether the forward pass runs in mixed precision come from one
+settings object (:class:`tlcourse.runtime.DeviceSettings`); the one branch is the loss scaler
+that float16 on an older GPU needs.
 """
 
 from __future__ import annotations
@@ -88,16 +88,22 @@ def train_one_epoch(model: nn.Module, loader: Batches, loss_fn: LossFn, optimize
     is stepped after every batch, as ``OneCycleLR`` expects. Wrap ``loader`` in ``tqdm`` for a
     progress bar.
     """
-    run = device_settings(device)
+    settings = device_settings(device)
     set_train_mode(model)
-    meter = Meter(run.device)
+    meter = Meter(settings.device)
     for inputs, targets in loader:
-        inputs, targets = run.to_device(inputs), run.to_device(targets)
-        with run.autocast():
+        inputs, targets = settings.to_device(inputs), settings.to_device(targets)
+        with settings.autocast():
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
-        run.step(loss, optimizer)
+        if settings.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # float16: scale the loss up so small gradients do not round to zero
+            settings.scaler.scale(loss).backward()
+            settings.scaler.step(optimizer)
+            settings.scaler.update()
         if scheduler is not None:
             scheduler.step()
         meter.add(loss, outputs, targets)
@@ -111,13 +117,13 @@ def evaluate(model: nn.Module, loader: Batches, loss_fn: LossFn,
     Eval mode makes BatchNorm use its running statistics and turns dropout off;
     ``torch.inference_mode`` skips autograd's bookkeeping. The model stays in eval mode.
     """
-    run = device_settings(device)
+    settings = device_settings(device)
     model.eval()
-    meter = Meter(run.device)
+    meter = Meter(settings.device)
     with torch.inference_mode():
         for inputs, targets in loader:
-            inputs, targets = run.to_device(inputs), run.to_device(targets)
-            with run.autocast():
+            inputs, targets = settings.to_device(inputs), settings.to_device(targets)
+            with settings.autocast():
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
             meter.add(loss, outputs, targets)
