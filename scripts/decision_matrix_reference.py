@@ -30,6 +30,7 @@ import torch
 
 from tlcourse import decision_matrix, models, strategies
 from tlcourse import matrix_reference as ref
+from tlcourse.runtime import select_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="append-only progress file (default: build/decision_matrix_reference/<out stem>.jsonl)")
     p.add_argument("--smoke", action="store_true", help="the same code path at a tiny scale (seconds)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best on a shared 2-core CPU)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where every run trains and extracts (auto: the GPU when there is one)")
     p.add_argument("--deadline", default=None,
                    help="UTC time HH:MM; runs whose measured duration would end after it are skipped and listed")
     return p.parse_args(argv)
@@ -100,7 +103,7 @@ def log(msg: str) -> None:
     print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {msg}", flush=True)
 
 
-def hardware(threads: int) -> dict[str, Any]:
+def hardware(threads: int, device: str) -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     versions = {}
@@ -109,7 +112,8 @@ def hardware(threads: int) -> dict[str, Any]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "gpu": None,
+    gpu = torch.cuda.get_device_name() if select_device(device).type == "cuda" else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "gpu": gpu, "device": str(select_device(device)),
             "python": platform.python_version(), "platform": platform.platform(), "packages": versions,
             "note": "CPU shared with other jobs during the run; seconds are wall-clock, not comparable"}
 
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     domains = {}
     for name in ("similar", "dissimilar"):
         d, sec = ref.timed(lambda n=name: ref.load_domain(n, scale))
-        _, sec2 = ref.timed(lambda d=d: ref.add_activations(d, scale))
+        _, sec2 = ref.timed(lambda d=d: ref.add_activations(d, scale, device=args.device))
         domains[name] = d
         log(f"{name}: {len(d['x'])} training-pool images, {len(d['val_y'])} validation, {len(d['test_y'])} test; "
             f"decoded in {sec:.0f} s, activations in {sec2:.0f} s")
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         idx = d["subsets"]["large", 0]
         vals = {}
         for lr in scale.backbone_lrs:
-            row = runner.run(["sweep", name, lr], "sweep", partial(ref.run_trained, "partial_ft", d, idx, "large", scale, 0, lr),
+            row = runner.run(["sweep", name, lr], "sweep", partial(ref.run_trained, "partial_ft", d, idx, "large", scale, 0, lr,
+                                                                    device=args.device),
                              dict(kind="lr_sweep", domain=name, backbone_lr=lr))
             vals[lr] = (row["val_accuracy"], -abs(np.log10(lr) + 4)) if row else (-1, 0)
         chosen_lr[name] = max(vals, key=lambda lr: vals[lr])
@@ -170,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                    partial(ref.run_probes, d, idx, scale, seed), dict(base, kind="stage_probes"))
         for strategy in strategies.TRAINED:
             runner.run([strategy, quadrant, seed], f"{strategy}-{quadrant}",
-                       partial(ref.run_trained, strategy, d, idx, size_name, scale, seed, chosen_lr[domain]),
+                       partial(ref.run_trained, strategy, d, idx, size_name, scale, seed, chosen_lr[domain],
+                               device=args.device),
                        dict(base, strategy=strategy))
         log(f"progress: {k + 1}/{len(steps)} subsets in {(time.time() - t0) / 60:.1f} min this session; "
             f"ETA {eta(runner, steps[k + 1:])}")
@@ -189,7 +195,7 @@ def write_final(args: argparse.Namespace, scale: ref.Scale, runner: Runner, chos
         kind="decision_matrix_reference", complete=complete and not runner.skipped,
         command="TLCOURSE_MIRROR=<mirror> python " + " ".join(shlex.quote(a) for a in
                                                                ["scripts/decision_matrix_reference.py", *sys.argv[1:]]),
-        written=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", hardware=hardware(args.threads),
+        written=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", hardware=hardware(args.threads, args.device),
         wall_seconds_this_session=round(seconds), run_seconds_total=round(sum(r["seconds"] for r in runner.rows)),
         backbone=scale.backbone, size=scale.size, small=scale.small, large=scale.large,
         seeds={"small": scale.seeds("small"), "large": scale.seeds("large")}, scale=ref.scale_dict(scale),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlcourse import advisor, decision_matrix, models, strategies
+from tlcourse import advisor, decision_matrix, models, recipes, strategies
 from tlcourse import matrix_reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,18 +90,19 @@ def _toy(n=64, seed=0):
     return x, y
 
 
-def test_early_stopping_stops_on_a_plateau_and_restores_the_best_weights():
+def test_the_recipe_stops_on_a_plateau_and_restores_the_best_weights():
     module = torch.nn.Linear(4, 2)
     # lr 0: validation never improves after epoch 1, so patience 2 stops after epoch 3
-    fit = ref.fit_early_stopping(module, [{"params": list(module.parameters()), "lr": 0.0}], _toy(), _toy(seed=1),
-                                 max_epochs=10, patience=2, batch_size=16, seed=0)
-    assert (fit["epochs_used"], fit["best_epoch"], fit["stopped_on_plateau"]) == (3, 1, True)
+    r = recipes.train(module, [{"params": list(module.parameters()), "lr": 0.0}], _toy(), _toy(seed=1),
+                      max_epochs=10, patience=2, batch_size=16, seed=0)
+    assert (r.epochs, r.best_epoch, r.stopped_early) == (3, 1, True)
     module = torch.nn.Linear(4, 2)
-    fit = ref.fit_early_stopping(module, [{"params": list(module.parameters()), "lr": 0.05}], _toy(), _toy(seed=1),
-                                 max_epochs=2, patience=5, batch_size=16, seed=0)
-    assert fit["epochs_used"] == 2 and not fit["stopped_on_plateau"], "running out of epochs is not a plateau"
-    best = fit["history"][fit["best_epoch"] - 1]["val_accuracy"]
-    assert fit["val_accuracy"] == best == max(h["val_accuracy"] for h in fit["history"])
+    r = recipes.train(module, [{"params": list(module.parameters()), "lr": 0.05}], _toy(), _toy(seed=1),
+                      max_epochs=2, patience=5, batch_size=16, seed=0, test=_toy(seed=2))
+    assert r.epochs == 2 and not r.stopped_early, "running out of epochs is not a plateau"
+    accs = [e["val_acc"] for e in r.history.epochs]
+    assert r.val_accuracy == accs[r.best_epoch - 1] == max(accs)
+    assert r.accuracy == float(r.correct.float().mean()) and len(r.correct) == 64 and r.device == "cpu"
 
 
 def test_probes_choose_c_on_validation_and_probe_early_is_the_best_earlier_stage():
@@ -193,6 +194,7 @@ def test_smoke_run_writes_the_reference_format_and_resumes(tmp_path: Path, monke
     assert progress.read_text().count("\n") == lines, "a restart must skip the finished runs"
 
 
+@pytest.mark.reference_data
 def test_the_committed_reference_run_has_the_textbook_scale():
     doc = decision_matrix.load_results(REFERENCE)
     meta, rows = doc["meta"], doc["rows"]

@@ -21,12 +21,11 @@ Test accuracy is measured once per run, and every row keeps its per-image result
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlcourse import data, features, models, strategies
-from tlcourse.runtime import device_settings, seed_everything
+from tlcourse import data, features, models, recipes, strategies
+from tlcourse.runtime import select_device
 from tlcourse.stages import split_at
-from tlcourse.train import evaluate, train_one_epoch
 
 __all__ = [
     "REFERENCE_SCALE",
@@ -48,7 +46,6 @@ __all__ = [
     "add_activations",
     "append_row",
     "bits",
-    "fit_early_stopping",
     "load_domain",
     "matrix_rows",
     "probe_stages",
@@ -182,23 +179,24 @@ def to_inputs(images: torch.Tensor, size: int, mean: Sequence[float], std: Seque
     return torch.cat(out)
 
 
-def stage_activations(model: nn.Module, x: torch.Tensor, cut: str | None,
-                      batch_size: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+def stage_activations(model: nn.Module, x: torch.Tensor, cut: str | None, batch_size: int = 64,
+                      device: str | torch.device | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Globally pooled output of every stage (``{stage: (N, C)}``) and the full map of stage ``cut``.
 
-    One eval-mode forward pass per batch; the pooled outputs feed the per-stage probes, the map of
-    ``cut`` (the last frozen stage) feeds :class:`TopStages`.
+    One eval-mode forward pass per batch on ``device`` (results on the CPU); the pooled outputs
+    feed the per-stage probes, the map of ``cut`` (the last frozen stage) feeds :class:`TopStages`.
     """
-    model.eval()
+    device = select_device(device)
+    model.eval().to(device)
     pooled: dict[str, list[torch.Tensor]] = {}
     maps: list[torch.Tensor] = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            outs = models.stage_outputs(model, x[i:i + batch_size])
+            outs = models.stage_outputs(model, x[i:i + batch_size].to(device))
             for name, out in outs.items():
-                pooled.setdefault(name, []).append(out.float().mean(dim=(-2, -1)))
+                pooled.setdefault(name, []).append(out.float().mean(dim=(-2, -1)).cpu())
             if cut is not None:
-                maps.append(outs[cut].float().clone())
+                maps.append(outs[cut].float().cpu().clone())
     return {k: torch.cat(v) for k, v in pooled.items()}, (torch.cat(maps) if cut is not None else None)
 
 
@@ -226,67 +224,6 @@ class TopStages(nn.Module):
         for path in self.paths:
             x = self.model.get_submodule(path)(x)
         return self.model.forward_head(x)
-
-
-# --------------------------------------------------------------------------------------------
-# Training with early stopping
-# --------------------------------------------------------------------------------------------
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor, flipped: torch.Tensor | None, batch_size: int,
-             generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled batches (``generator``) with a random half mirrored; in order, unflipped without one."""
-    order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
-    for i in range(0, len(x), batch_size):
-        idx = order[i:i + batch_size]
-        xb = x[idx]
-        if generator is not None:
-            flip = torch.rand(len(idx), generator=generator) < 0.5
-            other = flipped[idx] if flipped is not None else xb.flip(-1)
-            xb = torch.where(flip.view(-1, *([1] * (xb.ndim - 1))), other, xb)
-        yield xb, y[idx]
-
-
-def predict(module: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Top-1 predictions of ``module`` in eval mode on the tensor ``x``."""
-    module.eval()
-    with torch.inference_mode():
-        return torch.cat([module(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def fit_early_stopping(module: nn.Module, groups: list[dict[str, Any]], train: tuple[torch.Tensor, torch.Tensor],
-                       val: tuple[torch.Tensor, torch.Tensor], *, max_epochs: int, patience: int,
-                       batch_size: int, seed: int, flipped: torch.Tensor | None = None) -> dict[str, Any]:
-    """Adam on ``groups`` until validation accuracy has not improved for ``patience`` epochs.
-
-    Keeps (and restores) the weights of the best validation epoch, ties going to the lower
-    validation loss. Returns ``{"epochs_used", "best_epoch", "stopped_on_plateau", "val_accuracy",
-    "train_accuracy", "history"}``; ``stopped_on_plateau`` is False when ``max_epochs`` ran out first.
-    """
-    seed_everything(seed)
-    optimizer = torch.optim.Adam(groups)
-    loss_fn = nn.CrossEntropyLoss()
-    cpu = device_settings("cpu", bf16=False)
-    best: tuple[float, float] = (-1.0, math.inf)
-    best_state, best_epoch, since, history = None, 0, 0, []
-    for epoch in range(1, max_epochs + 1):
-        g = torch.Generator().manual_seed(seed * 1000 + epoch)
-        stats = train_one_epoch(module, _batches(*train, flipped, batch_size, g), loss_fn, optimizer, cpu)
-        v = evaluate(module, _batches(*val, None, 128, None), loss_fn, cpu)
-        history.append({"epoch": epoch, "train_accuracy": stats.accuracy, "val_accuracy": v.accuracy,
-                        "val_loss": v.loss})
-        if v.accuracy > best[0] or (v.accuracy == best[0] and v.loss < best[1]):
-            best, best_epoch, since = (v.accuracy, v.loss), epoch, 0
-            best_state = copy.deepcopy(module.state_dict())
-        else:
-            since += 1
-        if since >= patience:
-            break
-    if best_state is not None:
-        module.load_state_dict(best_state)
-    return {"epochs_used": len(history), "best_epoch": best_epoch, "stopped_on_plateau": since >= patience,
-            "val_accuracy": best[0], "train_accuracy": history[best_epoch - 1]["train_accuracy"],
-            "history": history}
 
 
 def build_trained(strategy: str, scale: Scale, backbone_lr: float, num_classes: int = 2,
@@ -427,14 +364,14 @@ def load_domain(name: str, scale: Scale) -> dict[str, Any]:
         subsets={k: [position[i] for i in v] for k, v in subsets.items()})
 
 
-def add_activations(d: dict[str, Any], scale: Scale) -> None:
+def add_activations(d: dict[str, Any], scale: Scale, device: str | torch.device | None = None) -> None:
     """Per-stage pooled features (probes) and the cut stage's maps, plain and mirrored (partial_ft)."""
     model = models.build_backbone(scale.backbone)
     cut = cut_stage(scale)
-    d["pooled"], d["maps"] = stage_activations(model, d["x"], cut)
-    d["maps_flipped"] = stage_activations(model, d["x"].flip(-1), cut)[1]
-    d["val_pooled"], d["val_maps"] = stage_activations(model, d["val_x"], cut)
-    d["test_pooled"], d["test_maps"] = stage_activations(model, d["test_x"], cut)
+    d["pooled"], d["maps"] = stage_activations(model, d["x"], cut, device=device)
+    d["maps_flipped"] = stage_activations(model, d["x"].flip(-1), cut, device=device)[1]
+    d["val_pooled"], d["val_maps"] = stage_activations(model, d["val_x"], cut, device=device)
+    d["test_pooled"], d["test_maps"] = stage_activations(model, d["test_x"], cut, device=device)
 
 
 def run_probes(d: dict[str, Any], idx: list[int], scale: Scale, seed: int) -> dict[str, Any]:
@@ -445,24 +382,31 @@ def run_probes(d: dict[str, Any], idx: list[int], scale: Scale, seed: int) -> di
 
 
 def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str, scale: Scale,
-                seed: int, backbone_lr: float) -> dict[str, Any]:
-    """Train one strategy with early stopping; test once. Returns the row's measured fields."""
+                seed: int, backbone_lr: float, device: str | torch.device | None = None) -> dict[str, Any]:
+    """Train one strategy with :func:`tlcourse.recipes.train` (early stopping); test once.
+
+    Returns the row's measured fields. ``partial_ft`` trains on cached activations with their
+    mirror images as flip augmentation; the others on decoded images flipped at random.
+    """
     model, module, groups = build_trained(strategy, scale, backbone_lr)
     max_epochs, patience = scale.budget(size_name)
     if strategy == "partial_ft":
-        train, val, test = (d["maps"][idx], d["y"][idx]), (d["val_maps"], d["val_y"]), d["test_maps"]
+        train, val, test = (d["maps"][idx], d["y"][idx]), (d["val_maps"], d["val_y"]), (d["test_maps"], d["test_y"])
         flipped = d["maps_flipped"][idx]
     else:
-        train, val, test, flipped = (d["x"][idx], d["y"][idx]), (d["val_x"], d["val_y"]), d["test_x"], None
-    fit = fit_early_stopping(module, groups, train, val, max_epochs=max_epochs, patience=patience,
-                             batch_size=scale.batch_size, seed=seed, flipped=flipped)
-    correct = predict(module, test) == d["test_y"]
-    return dict(accuracy=float(correct.float().mean()), n_test=len(correct), correct=bits(correct),
-                epochs_used=fit["epochs_used"], best_epoch=fit["best_epoch"], max_epochs=max_epochs,
-                patience=patience, stopped_on_plateau=fit["stopped_on_plateau"], val_accuracy=fit["val_accuracy"],
-                train_accuracy=fit["train_accuracy"], backbone_lr=None if strategy == "scratch" else backbone_lr,
+        train, val, test = (d["x"][idx], d["y"][idx]), (d["val_x"], d["val_y"]), (d["test_x"], d["test_y"])
+        flipped = None
+    r = recipes.train(module, groups, train, val, max_epochs=max_epochs, patience=patience, flip=True,
+                      flipped=flipped, batch_size=scale.batch_size, seed=seed, device=device, test=test)
+    history = [{"epoch": e["epoch"], "train_accuracy": e["train_acc"], "val_accuracy": e["val_acc"],
+                "val_loss": e["val_loss"]} for e in r.history.epochs]
+    return dict(accuracy=r.accuracy, n_test=len(r.correct), correct=bits(r.correct),
+                epochs_used=r.epochs, best_epoch=r.best_epoch, max_epochs=max_epochs,
+                patience=patience, stopped_on_plateau=r.stopped_early, val_accuracy=r.val_accuracy,
+                train_accuracy=history[r.best_epoch - 1]["train_accuracy"], collapsed=r.collapsed,
+                device=r.device, backbone_lr=None if strategy == "scratch" else backbone_lr,
                 lr=scale.scratch_lr if strategy == "scratch" else scale.head_lr,
-                trainable=models.count_parameters(model), history=fit["history"])
+                trainable=models.count_parameters(model), history=history)
 
 
 def matrix_rows(progress_rows: Sequence[Mapping[str, Any]], last: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

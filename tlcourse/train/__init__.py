@@ -16,10 +16,19 @@ from tlcourse.train.callbacks import Callback, EpochEndFunction, Run
 from tlcourse.train.checkpoint import CHECKPOINT_FORMAT, Checkpoints, load_checkpoint, save_checkpoint
 from tlcourse.train.fit import checked_loss, fit
 from tlcourse.train.history import History, improves
-from tlcourse.train.loops import EpochStats, Meter, evaluate, set_train_mode, train_one_epoch
+from tlcourse.train.loops import (
+    BN_POLICIES,
+    EpochStats,
+    Meter,
+    evaluate,
+    set_bn_policy,
+    set_train_mode,
+    train_one_epoch,
+)
 from tlcourse.train.tracking import EarlyStopping, KeepBest
 
 __all__ = [
+    "BN_POLICIES",
     "CHECKPOINT_FORMAT",
     "Callback",
     "Checkpoints",
@@ -36,6 +45,7 @@ __all__ = [
     "improves",
     "load_checkpoint",
     "save_checkpoint",
+    "set_bn_policy",
     "set_train_mode",
     "train_one_epoch",
 ]

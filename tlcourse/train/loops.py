@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlcourse.runtime import DeviceSettings, device_settings
 
-__all__ = ["EpochStats", "Meter", "evaluate", "set_train_mode", "train_one_epoch"]
+__all__ = ["BN_POLICIES", "EpochStats", "Meter", "evaluate", "set_bn_policy", "set_train_mode", "train_one_epoch"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,19 +61,43 @@ class Meter:
                           time.perf_counter() - self.start)
 
 
+#: The BatchNorm policies :func:`set_bn_policy` knows: layers whose parameters are all frozen keep
+#: their statistics (the course's default), every layer keeps them, or every layer updates them
+#: (plain ``model.train()``, the trap notebook 02 measures).
+BN_POLICIES = ("frozen-eval", "eval", "train")
+
+
+def set_bn_policy(model: nn.Module, policy: str) -> nn.Module:
+    """Choose how ``model``'s BatchNorm layers behave in training (one of :data:`BN_POLICIES`).
+
+    :func:`set_train_mode`, which every training epoch calls, reads the choice. ``"eval"`` suits a
+    few small batches, whose statistics are noisier than the pretrained ones.
+    """
+    if policy not in BN_POLICIES:
+        raise ValueError(f"Unknown BatchNorm policy {policy!r}; use one of {BN_POLICIES}.")
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.bn_policy = policy  # type: ignore[assignment]
+    return model
+
+
 def set_train_mode(model: nn.Module) -> list[str]:
     """Put ``model`` in training mode, except BatchNorm layers whose parameters are all frozen.
 
     A BatchNorm layer in train mode normalises with the batch's statistics and updates its
     running ones even when its weight and bias are frozen: the "frozen" features would drift
     towards the new data. Keeping such layers in eval mode makes frozen really frozen.
-    Returns the names of the layers kept in eval mode.
+    :func:`set_bn_policy` chooses another rule. Returns the names of the layers kept in eval mode.
     """
     model.train()
     kept = []
     for name, module in model.named_modules():
-        params = list(module.parameters(recurse=False)) if isinstance(module, _BatchNorm) else []
-        if params and not any(p.requires_grad for p in params):
+        if not isinstance(module, _BatchNorm):
+            continue
+        policy = getattr(module, "bn_policy", "frozen-eval")
+        params = list(module.parameters(recurse=False))
+        frozen = bool(params) and not any(p.requires_grad for p in params)
+        if policy == "eval" or (policy == "frozen-eval" and frozen):
             module.eval()
             kept.append(name)
     return kept

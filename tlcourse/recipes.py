@@ -1,0 +1,117 @@
+"""The training recipe the course's experiments share, written once on top of ``fit``.
+
+Every strategy that trains layers (the top stages on cached activations, the whole network, a
+network from scratch) runs :func:`train`: ``fit`` with :class:`~tlcourse.train.EarlyStopping`
+and :class:`~tlcourse.train.KeepBest`, on whatever device it is given, then one scoring pass
+on held-out data. What differs between strategies is only what trains (the module and its
+parameter groups, with their learning rates) and the BatchNorm policy, and those are
+arguments, never side effects of another choice.
+
+Read it from a notebook with ``recipes.train??``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlcourse.runtime import DeviceSettings, device_settings, seed_everything
+from tlcourse.train import EarlyStopping, History, KeepBest, fit, set_bn_policy
+
+__all__ = ["RecipeResult", "TensorBatches", "predict", "train"]
+
+
+@dataclass
+class RecipeResult:
+    """What one training run gives back: enough to compare it, pair it and tell how it ended."""
+
+    model: nn.Module  # with the best validation epoch's weights, in eval mode
+    val_accuracy: float  # of the best epoch (what the run was chosen by)
+    epochs: int  # epochs run
+    best_epoch: int
+    stopped_early: bool  # True: validation reached a plateau; False: the epoch cap ended the run
+    collapsed: bool  # predicts one class for every validation image: not a model to score
+    seconds: float
+    device: str
+    history: History
+    correct: torch.Tensor | None = None  # per held-out image, for paired tests (with ``test``)
+    accuracy: float | None = None  # on the held-out images (with ``test``)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TensorBatches:
+    """Batches of in-memory tensors (decoded images or cached activations), optionally shuffled
+    and with a random half of each batch mirrored (flip augmentation).
+
+    ``flipped`` holds the mirror images' tensors (for activations, where mirroring the input is
+    not mirroring the map); without it a batch is flipped along its last axis. ``fit`` re-seeds
+    :attr:`generator` every epoch, so order and flips repeat with the seed and survive a resume.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool = False,
+                 flip: bool = False, flipped: torch.Tensor | None = None) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        self.x, self.y, self.batch_size, self.shuffle, self.flip, self.flipped = x, y, batch_size, shuffle, flip, flipped
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            xb = self.x[idx]
+            if self.flip:
+                coin = torch.rand(len(idx), generator=self.generator) < 0.5
+                other = self.flipped[idx] if self.flipped is not None else xb.flip(-1)
+                xb = torch.where(coin.view(-1, *([1] * (xb.ndim - 1))), other, xb)
+            yield xb, self.y[idx]
+
+
+def predict(model: nn.Module, x: torch.Tensor, device: str | torch.device | DeviceSettings | None = None,
+            batch_size: int = 128) -> torch.Tensor:
+    """Top-1 predictions of ``model`` (in eval mode) for the tensor ``x``, on ``device``; on the CPU."""
+    settings = device_settings(device)
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(settings.to_device(x[i:i + batch_size])).argmax(1).cpu()
+                          for i in range(0, len(x), batch_size)])
+
+
+def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: tuple[torch.Tensor, torch.Tensor],
+          val: tuple[torch.Tensor, torch.Tensor], *, max_epochs: int, patience: int, batch_size: int = 32,
+          flip: bool = False, flipped: torch.Tensor | None = None, bn: str = "frozen-eval", seed: int = 0,
+          device: str | torch.device | DeviceSettings | None = None,
+          test: tuple[torch.Tensor, torch.Tensor] | None = None) -> RecipeResult:
+    """Adam on ``groups`` (each with its own ``lr``) until validation accuracy has not improved for
+    ``patience`` epochs or ``max_epochs`` ran out; the best epoch's weights are kept.
+
+    ``bn`` is the BatchNorm policy (:func:`tlcourse.train.set_bn_policy`). With ``test``, the
+    kept model is scored once on it (``accuracy`` and per-image ``correct``).
+    """
+    seed_everything(seed)
+    settings = device_settings(device)
+    set_bn_policy(module, bn)
+    train_batches = TensorBatches(*train, batch_size=batch_size, shuffle=True, flip=flip, flipped=flipped)
+    val_batches = TensorBatches(*val, batch_size=128)
+    start = time.perf_counter()
+    history = fit(module, train_batches, val_batches, epochs=max_epochs, optimizer=torch.optim.Adam(groups),
+                  seed=seed, settings=settings, progress=False, callbacks=[EarlyStopping(patience), KeepBest()])
+    seconds = time.perf_counter() - start
+    best = history.epochs[history.best_epoch - 1]
+    result = RecipeResult(module, best["val_acc"], len(history), history.best_epoch, history.stopped_early,
+                          predict(module, val[0], settings).unique().numel() == 1, seconds, str(settings.device),
+                          history)
+    if test is not None:
+        result.correct = predict(module, test[0], settings) == test[1].cpu()
+        result.accuracy = float(result.correct.float().mean())
+    return result
