@@ -48,7 +48,7 @@ test: $(STAMP)
 	@echo "[test] $$(date -u +%H:%M:%S) start: $$(nproc) CPUs, load $$(cut -d' ' -f1-3 /proc/loadavg)"
 	$(BIN)/ruff check tlcourse tests benchmarks scripts notebooks
 	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout=$(TEST_TIMEOUT) \
-		--nbval-lax --nbval-current-env --durations=15 tests notebooks
+		--durations=15 tests
 
 unit: $(STAMP)
 	$(BIN)/ruff check tlcourse tests benchmarks scripts notebooks

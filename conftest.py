@@ -1,6 +1,6 @@
-"""Project-wide pytest hooks (tests/ and the notebooks nbval collects).
+"""Project-wide pytest hooks.
 
-Slow tests and notebook cells are reported as they finish, with their duration, so a CI log
+Slow tests (a notebook run is one) are reported as they finish, with their duration, so a CI log
 shows where the time went even when the run is cut off before pytest's final summary.
 """
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-#: Tests (or nbval cells) that take at least this many seconds get a line in the log.
+#: Tests that take at least this many seconds get a line in the log.
 SLOW_SECONDS = 20.0
 
 _config: pytest.Config | None = None

@@ -6,16 +6,17 @@ New notebooks are picked up automatically. Each one must:
   ``tlcourse.exercises.check`` call) and carry the outputs of a real run, in order, with no errors;
 - run end to end with its ``ci`` profile under papermill;
 - record its key results with ``tlcourse.results.record`` and meet the thresholds it declares in
-  its notebook metadata under ``tlcourse.checks``.
-
-nbval (``pytest --nbval-lax notebooks``) additionally re-runs each notebook and compares the
-cells marked ``# NBVAL_CHECK_OUTPUT`` with their committed outputs.
+  its notebook metadata under ``tlcourse.checks``;
+- in that same ci run, give the committed outputs of the cells marked ``# NBVAL_CHECK_OUTPUT``,
+  compared as ``pytest --nbval-lax`` compares them (so the notebook executes once, not twice).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import nbformat
@@ -90,8 +91,8 @@ def test_notebook_runs_in_ci_profile_and_meets_its_thresholds(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     # A build folder of its own (metrics, feature caches, checkpoints), inherited by the kernel:
-    # only this run's results count, and nbval may run the same notebook at the same time in
-    # another pytest-xdist worker. Datasets in data/ are shared (their extraction is atomic).
+    # only this run's results count, and another pytest-xdist worker may run the same notebook
+    # at the same time (with another backbone). Datasets in data/ are shared (extraction is atomic).
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
     metrics_file = metrics_path(path.stem)
     assert metrics_file.is_relative_to(tmp_path.resolve())
@@ -112,40 +113,141 @@ def test_notebook_runs_in_ci_profile_and_meets_its_thresholds(
         assert isinstance(interval, dict), f"{path.name} did not record the interval {key}"
         assert interval["low"] <= interval["value"] <= interval["high"] and interval["low"] < interval["high"], \
             f"{path.name}: {key} = {interval} is not an interval around its value"
+    # The marked cells give their committed (default-profile) outputs in this ci run, as nbval checked.
+    differences = marked_output_differences(nbformat.read(path, as_version=4), nb)
+    assert not differences, f"{path.name}: outputs differ from the committed ones\n" + "\n".join(differences)
 
 
-def _code_lines(source: str) -> int:
-    """Lines of code in a cell: not blank, not only a comment, not an IPython magic."""
-    return sum(1 for line in source.splitlines()
-               if line.strip() and not line.strip().startswith(("#", "%")))
+# ---------------------------------------------------------------- the cells marked NBVAL_CHECK_OUTPUT
+# Compared as nbval 0.11 compares them under --nbval-lax (nbval/plugin.py: find_comment_markers,
+# find_metadata_tags, coalesce_streams, IPyNbCell.compare_outputs), without running nbval: only
+# cells marked to check, each stream merged per name, every output field and MIME type except
+# those below, in order per key.
+
+#: What nbval leaves out of a comparison (``IPyNbFile.skip_compare`` without ``--nbdime``): fields
+#: that change from run to run, widget model ids, and images (bytes differ between library builds).
+NOT_COMPARED = frozenset({"metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
+                          "application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg"})
+_CHECK_COMMENTS = {"NBVAL_CHECK_OUTPUT": True, "NBVAL_IGNORE_OUTPUT": False, "PYTEST_VALIDATE_IGNORE_OUTPUT": False}
+_CHECK_TAGS = {"nbval-check-output": True, "nbval-ignore-output": False, "pytest-validate-ignore-output": False}
+#: nbval's rule for a carriage return: the text before it on its line was overwritten (progress bars).
+_OVERWRITTEN = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_reads_as_a_lesson(path: Path):
-    """A short setup before the first section, and cells of one idea each."""
-    cells = nbformat.read(path, as_version=4).cells
-    first_section = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("## "))
-    setup = [c for c in cells[:first_section]
-             if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
-    assert sum(_code_lines(c.source) for c in setup) <= 12, "setup before the first section: at most 12 lines"
-    long = [_code_lines(c.source) for c in cells if c.cell_type == "code"
-            and _code_lines(c.source) > 15 and not re.search(r"^(def|class) ", c.source, flags=re.M)]
-    assert not long, f"code cells over 15 lines that define nothing being taught: {long}"
+def is_checked(cell: nbformat.NotebookNode) -> bool:
+    """Whether nbval-lax compares this cell: its last check/ignore marker comment (else its last such
+    tag) says check, and the committed cell was executed."""
+    verdict = None
+    for tag in cell.metadata.get("tags", []):
+        verdict = _CHECK_TAGS.get(tag, verdict)
+    for line in cell.source.splitlines():
+        if line.strip().startswith("#"):
+            verdict = _CHECK_COMMENTS.get(line.strip().lstrip("#").strip(), verdict)
+    return cell.cell_type == "code" and bool(verdict) and cell.execution_count is not None
 
 
-def test_notebook_02_teaches_the_package_loop_inline():
-    """The loop notebook 02 writes by hand is the package's, line for line (d2l's #@save idea)."""
-    import inspect
-    import textwrap
+def comparable_outputs(outputs: list) -> dict[str, list]:
+    """A cell's outputs as nbval compares them: field or MIME type -> its values in order, with each
+    stream (keyed by its name, e.g. ``stdout``) merged into one text and overwritten lines dropped."""
+    flat: dict[str, list] = defaultdict(list)
+    streams: dict[str, str] = {}
+    for output in outputs:
+        if output.output_type == "stream":
+            streams[output.name] = streams.get(output.name, "") + output.text
+            continue
+        for key, value in output.items():
+            if key == "data":
+                for mime, content in value.items():
+                    if mime not in NOT_COMPARED:
+                        flat[mime].append(content)
+            elif key not in NOT_COMPARED:
+                flat[key].append(value)
+    for name, text in streams.items():
+        flat[name].append(_OVERWRITTEN.sub("", text))
+    return dict(flat)
 
-    from tlcourse.train import loops
 
-    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem.startswith("02")), as_version=4)
-    for function in (loops.train_one_epoch, loops.evaluate):
-        cell = next((c for c in nb.cells if c.cell_type == "code"
-                     and re.search(rf"^def {function.__name__}\(", c.source, flags=re.M)), None)
-        assert cell is not None, f"notebook 02 defines {function.__name__} inline"
-        inline = re.search(rf"^def {function.__name__}\(.*?(?=^\S|\Z)", cell.source + "\n",
-                           flags=re.M | re.S).group(0).strip()
-        assert inline == textwrap.dedent(inspect.getsource(function)).strip(), \
-            f"notebook 02's {function.__name__} differs from tlcourse.train.loops.{function.__name__}"
+def _diff(expected: object, got: object) -> str:
+    lines = difflib.unified_diff(str(expected).splitlines(), str(got).splitlines(),
+                                 "committed", "this run", lineterm="", n=2)
+    return "\n".join("      " + line for line in lines)
+
+
+def marked_output_differences(committed: nbformat.NotebookNode, executed: nbformat.NotebookNode) -> list[str]:
+    """For each marked cell whose outputs in ``executed`` differ from ``committed``: a readable diff."""
+    ran = [c for c in executed.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    assert len(ran) == len(committed.cells), "the executed notebook has other cells than the committed one"
+    code_cells = [c for c in committed.cells if c.cell_type == "code"]
+    found = []
+    for cell, run in zip(committed.cells, ran):
+        if not is_checked(cell):
+            continue
+        assert run.source == cell.source, "the executed notebook's cells are not the committed ones"
+        expected, got = comparable_outputs(cell.outputs), comparable_outputs(run.outputs)
+        if expected == got:
+            continue
+        first_line = next((line for line in cell.source.splitlines() if not line.startswith("#")), "")
+        lines = [f"  code cell {code_cells.index(cell)} ({first_line.strip()[:60]!r}):"]
+        for key in sorted(expected.keys() | got.keys()):
+            want, have = expected.get(key, []), got.get(key, [])
+            if want == have:
+                continue
+            if len(want) != len(have):
+                lines.append(f"    {key}: {len(want)} output(s) committed, {len(have)} in this run")
+            for a, b in zip(want + [""] * (len(have) - len(want)), have + [""] * (len(want) - len(have))):
+                if a != b:
+                    lines.append(f"    {key}:\n{_diff(a, b)}")
+        found.append("\n".join(lines))
+    return found
+
+
+def _with_output(cell_outputs: list) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nshow()", execution_count=1)
+    cell.outputs = cell_outputs
+    return nbformat.v4.new_notebook(cells=[cell])
+
+
+def test_marked_cells_are_compared_as_nbval_lax_compares_them():
+    stream, display = nbformat.v4.new_output, nbformat.v4.new_output
+    committed = _with_output([stream("stream", name="stdout", text="a\nb\n"),
+                              display("display_data", data={"text/plain": "T", "image/png": "AAAA"})])
+    same = _with_output([stream("stream", name="stdout", text="a\n"),  # split and overwritten streams,
+                         stream("stream", name="stdout", text="50%\rb\n"),  # another image, other metadata
+                         display("display_data", data={"text/plain": "T", "image/png": "BBBB"}, metadata={"x": 1})])
+    assert marked_output_differences(committed, same) == []
+    changed = _with_output([stream("stream", name="stdout", text="a\nc\n"),
+                            display("display_data", data={"text/plain": "T"}),
+                            stream("stream", name="stderr", text="warning\n")])
+    (report,) = marked_output_differences(committed, changed)
+    assert "code cell 0 ('show()')" in report and "-b\n      +c" in report
+    assert "stderr: 0 output(s) committed, 1 in this run" in report and "+warning" in report
+    assert "text/plain" not in report and "image/png" not in report, "equal or ignored fields are not reported"
+    # Unmarked, ignored (the last marker wins) or never-executed cells are not compared.
+    for source, count in (("show()", 1), ("# NBVAL_CHECK_OUTPUT\n# NBVAL_IGNORE_OUTPUT\nshow()", 1),
+                          ("# NBVAL_CHECK_OUTPUT\nshow()", None)):
+        cell = nbformat.v4.new_code_cell(source, execution_count=count)
+        assert not is_checked(cell), source
+    tagged = nbformat.v4.new_code_cell("show()", execution_count=1, metadata={"tags": ["nbval-check-output"]})
+    assert is_checked(tagged)
+
+
+def test_a_changed_output_of_a_marked_cell_is_reported():
+    """The comparison the ci run makes can fail: each committed notebook against itself passes, and
+    with a line added to a marked cell's output the report names that cell and shows the line."""
+    marked_somewhere = False
+    for path in NOTEBOOKS:
+        committed = nbformat.read(path, as_version=4)
+        assert marked_output_differences(committed, committed) == [], path.name
+        altered = nbformat.from_dict(json.loads(json.dumps(committed)))
+        cell = next((c for c in altered.cells if is_checked(c) and c.outputs), None)
+        if cell is None:  # notebooks 04 and 06 mark no cell
+            continue
+        marked_somewhere = True
+        output = cell.outputs[-1]
+        if output.output_type == "stream":
+            output.text += "an extra line\n"
+        else:
+            output.data["text/plain"] += "\nan extra line"
+        (report,) = marked_output_differences(committed, altered)
+        assert "+an extra line" in report, path.name
+    assert marked_somewhere, "no notebook marks a cell with # NBVAL_CHECK_OUTPUT any more"
