@@ -251,3 +251,40 @@ def test_a_changed_output_of_a_marked_cell_is_reported():
         (report,) = marked_output_differences(committed, altered)
         assert "+an extra line" in report, path.name
     assert marked_somewhere, "no notebook marks a cell with # NBVAL_CHECK_OUTPUT any more"
+
+
+def _code_lines(source: str) -> int:
+    """Lines of code in a cell: not blank, not only a comment, not an IPython magic."""
+    return sum(1 for line in source.splitlines()
+               if line.strip() and not line.strip().startswith(("#", "%")))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_reads_as_a_lesson(path: Path):
+    """A short setup before the first section, and cells of one idea each."""
+    cells = nbformat.read(path, as_version=4).cells
+    first_section = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("## "))
+    setup = [c for c in cells[:first_section]
+             if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    assert sum(_code_lines(c.source) for c in setup) <= 12, "setup before the first section: at most 12 lines"
+    long = [_code_lines(c.source) for c in cells if c.cell_type == "code"
+            and _code_lines(c.source) > 15 and not re.search(r"^(def|class) ", c.source, flags=re.M)]
+    assert not long, f"code cells over 15 lines that define nothing being taught: {long}"
+
+
+def test_notebook_02_teaches_the_package_loop_inline():
+    """The loop notebook 02 writes by hand is the package's, line for line (d2l's #@save idea)."""
+    import inspect
+    import textwrap
+
+    from tlcourse.train import loops
+
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem.startswith("02")), as_version=4)
+    for function in (loops.train_one_epoch, loops.evaluate):
+        cell = next((c for c in nb.cells if c.cell_type == "code"
+                     and re.search(rf"^def {function.__name__}\(", c.source, flags=re.M)), None)
+        assert cell is not None, f"notebook 02 defines {function.__name__} inline"
+        inline = re.search(rf"^def {function.__name__}\(.*?(?=^\S|\Z)", cell.source + "\n",
+                           flags=re.M | re.S).group(0).strip()
+        assert inline == textwrap.dedent(inspect.getsource(function)).strip(), \
+            f"notebook 02's {function.__name__} differs from tlcourse.train.loops.{function.__name__}"
