@@ -72,6 +72,7 @@ def test_smoke_run_scores_both_precisions_on_the_same_images_and_resumes(tmp_pat
     assert again["rows"] == doc["rows"]
 
 
+@pytest.mark.reference_data
 def test_the_committed_run_has_its_scale_and_its_verdicts_follow_the_numbers() -> None:
     doc = json.loads(REFERENCE.read_text())
     meta = doc["meta"]
