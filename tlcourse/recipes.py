@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,11 @@ from torch import nn
 from tlcourse.runtime import DeviceSettings, device_settings, seed_everything
 from tlcourse.train import EarlyStopping, History, KeepBest, fit, set_bn_policy
 
-__all__ = ["RecipeResult", "TensorBatches", "predict", "train"]
+__all__ = ["Data", "RecipeResult", "TensorBatches", "predict", "probabilities", "train"]
+
+#: What a recipe trains or scores on: ``(inputs, labels)`` tensors, or any iterable of such
+#: batches (a ``DataLoader`` over image files, with its own augmentation).
+Data = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -77,41 +81,60 @@ class TensorBatches:
             yield xb, self.y[idx]
 
 
-def predict(model: nn.Module, x: torch.Tensor, device: str | torch.device | DeviceSettings | None = None,
-            batch_size: int = 128) -> torch.Tensor:
-    """Top-1 predictions of ``model`` (in eval mode) for the tensor ``x``, on ``device``; on the CPU."""
+def _batches(data: Data, batch_size: int, **options: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    return TensorBatches(*data, batch_size=batch_size, **options) if isinstance(data, tuple) else data
+
+
+def _labels(data: Data) -> torch.Tensor:
+    return data[1].cpu() if isinstance(data, tuple) else torch.cat([torch.as_tensor(y) for _, y in data])
+
+
+def probabilities(model: nn.Module, x: torch.Tensor | Data, device: str | torch.device | DeviceSettings | None = None,
+                  batch_size: int = 128) -> torch.Tensor:
+    """Class probabilities of ``model`` (in eval mode) for a tensor of inputs or a ``Data``, computed
+    on ``device`` and returned on the CPU."""
     settings = device_settings(device)
+    if isinstance(x, torch.Tensor):
+        inputs: Iterable[torch.Tensor] = (x[i:i + batch_size] for i in range(0, len(x), batch_size))
+    else:
+        inputs = (batch[0] for batch in _batches(x, batch_size))
     model.eval()
-    with torch.inference_mode():
-        return torch.cat([model(settings.to_device(x[i:i + batch_size])).argmax(1).cpu()
-                          for i in range(0, len(x), batch_size)])
+    with torch.inference_mode(), settings.autocast():
+        return torch.cat([model(settings.to_device(b)).float().softmax(1).cpu() for b in inputs])
 
 
-def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: tuple[torch.Tensor, torch.Tensor],
-          val: tuple[torch.Tensor, torch.Tensor], *, max_epochs: int, patience: int, batch_size: int = 32,
-          flip: bool = False, flipped: torch.Tensor | None = None, bn: str = "frozen-eval", seed: int = 0,
-          device: str | torch.device | DeviceSettings | None = None,
-          test: tuple[torch.Tensor, torch.Tensor] | None = None) -> RecipeResult:
+def predict(model: nn.Module, x: torch.Tensor | Data, device: str | torch.device | DeviceSettings | None = None,
+            batch_size: int = 128) -> torch.Tensor:
+    """Top-1 predictions of ``model`` for ``x`` (see :func:`probabilities`), on the CPU."""
+    return probabilities(model, x, device, batch_size).argmax(1)
+
+
+def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: Data, val: Data, *, max_epochs: int,
+          patience: int, batch_size: int = 32, flip: bool = False, flipped: torch.Tensor | None = None,
+          bn: str = "frozen-eval", seed: int = 0, device: str | torch.device | DeviceSettings | None = None,
+          test: Data | None = None) -> RecipeResult:
     """Adam on ``groups`` (each with its own ``lr``) until validation accuracy has not improved for
     ``patience`` epochs or ``max_epochs`` ran out; the best epoch's weights are kept.
 
-    ``bn`` is the BatchNorm policy (:func:`tlcourse.train.set_bn_policy`). With ``test``, the
-    kept model is scored once on it (``accuracy`` and per-image ``correct``).
+    Tensors are batched by :class:`TensorBatches` (``flip``: a random half mirrored, from
+    ``flipped`` when given); a loader is used as it is. ``bn`` is the BatchNorm policy
+    (:func:`tlcourse.train.set_bn_policy`). With ``test``, the kept model is scored once on it
+    (``accuracy`` and per-image ``correct``).
     """
     seed_everything(seed)
     settings = device_settings(device)
     set_bn_policy(module, bn)
-    train_batches = TensorBatches(*train, batch_size=batch_size, shuffle=True, flip=flip, flipped=flipped)
-    val_batches = TensorBatches(*val, batch_size=128)
+    train_batches = _batches(train, batch_size, shuffle=True, flip=flip, flipped=flipped)
+    val_batches = _batches(val, 128)
     start = time.perf_counter()
     history = fit(module, train_batches, val_batches, epochs=max_epochs, optimizer=torch.optim.Adam(groups),
                   seed=seed, settings=settings, progress=False, callbacks=[EarlyStopping(patience), KeepBest()])
     seconds = time.perf_counter() - start
     best = history.epochs[history.best_epoch - 1]
     result = RecipeResult(module, best["val_acc"], len(history), history.best_epoch, history.stopped_early,
-                          predict(module, val[0], settings).unique().numel() == 1, seconds, str(settings.device),
-                          history)
+                          predict(module, val_batches, settings).unique().numel() == 1, seconds,
+                          str(settings.device), history)
     if test is not None:
-        result.correct = predict(module, test[0], settings) == test[1].cpu()
+        result.correct = predict(module, test, settings) == _labels(test)
         result.accuracy = float(result.correct.float().mean())
     return result

@@ -117,11 +117,16 @@ def _load(path: Path, key: str) -> dict[str, Any] | None:
         return None
 
 
-def _top_features(cut: StageSplit, acts: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+def _top_features(cut: StageSplit, acts: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
     """The head's input computed from cached lower activations (only the top stages run)."""
-    cut.pooled.eval()
-    with torch.inference_mode():
-        return torch.cat([cut.pooled(acts[i:i + batch_size]).float() for i in range(0, len(acts), batch_size)])
+    home = next(cut.pooled.parameters()).device
+    cut.pooled.eval().to(device)
+    try:
+        with torch.inference_mode():
+            return torch.cat([cut.pooled(acts[i:i + batch_size].to(device)).float().cpu()
+                              for i in range(0, len(acts), batch_size)])
+    finally:
+        cut.pooled.to(home)
 
 
 def _pass_path(model: nn.Module, pre: Preprocessing, folder_key: str, cache_dir: Path,
@@ -140,10 +145,11 @@ def pass_is_cached(model: nn.Module, pre: Preprocessing, folder_key: str, cache_
 
 def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[str, int]], folder_key: str,
                   cache_dir: Path, *, cut: StageSplit | None = None, batch_size: int = 8,
-                  progress: bool = True) -> Views:
+                  progress: bool = True, device: str | torch.device | None = "cpu") -> Views:
     """Features of ``samples`` and their mirror images (see the module docstring), from disk when there.
 
     ``cut`` (from :func:`tlcourse.stages.split_below_top`) asks for the unpooled lower activations too.
+    On a GPU (``device``) the pass runs eager PyTorch there; on the CPU, ONNX Runtime.
     """
     path, key, names = _pass_path(model, pre, folder_key, cache_dir, cut)
     early = names[0]
@@ -157,9 +163,13 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
     was_training = model.training
     model.eval()
     hooks, run = _forward(model, early, cut)
-    settings = device_settings("cpu", inference=True)
-    engine: OnnxFeatures | None = OnnxFeatures(model, names, run, threads=engine_threads(0), spin=not settings.decode_ahead,
-                                               batch=settings.engine_batch)
+    settings = device_settings(device, inference=True)
+    home = next(model.parameters()).device
+    model.to(settings.device)
+    engine: OnnxFeatures | None = None
+    if settings.engine == "onnxruntime":
+        engine = OnnxFeatures(model, names, run, threads=engine_threads(0), spin=not settings.decode_ahead,
+                              batch=settings.engine_batch)
     eager_threads = ThreadChooser(None)  # made before decoded_batches holds torch at one thread
     try:
         with torch.inference_mode(), hooks, decoded_batches(loader, ahead=settings.decode_ahead) as batches:
@@ -173,7 +183,7 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
                         engine = None
                 if out is None:
                     eager_threads.before_batch()
-                    out = run(x)
+                    out = {n: v.cpu() for n, v in run(settings.to_device(x)).items()}
                     eager_threads.after_batch(len(x))
                 half = len(x) // 2
                 for n in names:
@@ -182,13 +192,14 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
     finally:
         eager_threads.restore()
         model.train(was_training)
+        model.to(home)
         engine = None
         release_sessions()  # the next backbone's ONNX Runtime arena does not come on top of this one's
     views = {n: torch.cat(v) for n, v in plain.items()}, {n: torch.cat(v) for n, v in flipped.items()}
     top_start = time.perf_counter()
     if cut is not None:
         for v in views:
-            v[LAST] = _top_features(cut, v[LOWER])
+            v[LAST] = _top_features(cut, v[LOWER], settings.device)
     top_seconds = time.perf_counter() - top_start
     seconds = time.perf_counter() - start
     atomic_save({"key": key, "plain": views[0], "flipped": views[1], "seconds": seconds, "top_seconds": top_seconds},

@@ -4,10 +4,13 @@
   the last layer (``probe_last``) or an earlier stage (``probe_early``), then the same trained on
   the images and their mirror images (flip augmentation), then with flip test-time augmentation
   (the probabilities of an image and its mirror averaged);
-- **top-stage fine-tune** (:func:`top_stage_finetune`): notebook 05's recipe, the two deepest
-  stages and a new head trained on cached lower-stage activations (``partial_ft``);
+- **top-stage fine-tune** (:func:`top_stage_finetune`): the two deepest stages and a new head
+  trained on cached lower-stage activations with flip augmentation (``partial_ft``);
 - **full fine-tune** (:func:`full_finetune`): every layer, on decoded images with random crops
   and flips, when the budget allows (``full_ft``).
+
+Both fine-tunes run the course's one recipe, :func:`tlcourse.recipes.train` (early stopping on
+the validation part, the best epoch kept), on the device ``fit`` was given.
 
 Every candidate keeps its validation probabilities (to choose with) and its test probabilities
 (stored unread: only the chosen one, and the textbook's strategy for the paired comparison, are
@@ -18,29 +21,29 @@ so the deployed network is the backbone with that layer as its head.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from tlcourse import recipes
 from tlcourse.evaluation import accuracy_ci
 from tlcourse.features import fit_logistic_regression
-from tlcourse.models import Preprocessing, backbone_spec, build_backbone, freeze_backbone
+from tlcourse.models import Preprocessing, build_backbone, freeze_backbone, param_groups
 from tlcourse.own_data.activations import LAST, LOWER, ImageFiles, Views
 from tlcourse.stages import split_below_top
 
 __all__ = ["FT_EPOCHS", "Candidate", "fold_probe", "full_finetune", "probe_candidates", "top_stage_finetune"]
 
-#: Epochs of the top-stage fine-tune (notebook 05's default profile).
-FT_EPOCHS = 8
-#: Peak learning rates of the top stages, shallow to deep, then the fresh head (notebook 05).
-TOP_LRS = (5e-4, 1e-3, 1e-2)
+#: The most epochs of the top-stage fine-tune, and the epochs without improvement that end it.
+FT_EPOCHS, FT_PATIENCE = 8, 3
+#: The learning rates of the pretrained layers and of the new head. Both 1e-3: the decision
+#: matrix's reference run chose the backbone rate on validation among 1e-3, 1e-4 and 1e-5 in both
+#: domains (``notebooks/results/04_decision_matrix_reference.json``, ``meta.lr_sweep``).
+BACKBONE_LR, HEAD_LR = 1e-3, 1e-3
 
 
 @dataclass
@@ -124,60 +127,30 @@ def probe_candidates(backbone: str, views: Views, y: torch.Tensor, parts: dict[s
     return found
 
 
-def _probabilities(upper: nn.Module, acts: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    upper.eval()
-    with torch.inference_mode():
-        return torch.cat([upper(acts[i:i + batch_size]).float().softmax(1) for i in range(0, len(acts), batch_size)])
-
-
-def _train_mode_keep_bn(module: nn.Module) -> None:
-    """Train mode, but BatchNorm keeps its ImageNet statistics (small batches, few images)."""
-    module.train()
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def top_stage_finetune(backbone: str, views: Views, y: torch.Tensor, parts: dict[str, list[int]], num_classes: int,
-                       *, epochs: int = FT_EPOCHS, seed: int = 0, progress: bool = True) -> list[Candidate]:
-    """Notebook 05's recipe: the two deepest stages and a new head, on the cached lower activations.
-
-    Discriminative peak learning rates (:data:`TOP_LRS`), AdamW with a one-cycle schedule, label
-    smoothing 0.1, a coin flip per image and epoch picks its mirror image. Two candidates: without
-    and with flip TTA.
+                       *, epochs: int = FT_EPOCHS, seed: int = 0, progress: bool = True,
+                       device: str | torch.device | None = "cpu") -> list[Candidate]:
+    """The two deepest stages and a new head, trained on the cached lower activations with
+    :func:`tlcourse.recipes.train` (each image or its mirror at random; BatchNorm keeps its
+    ImageNet statistics, since a user's folder gives few, small batches). Two candidates:
+    without and with flip TTA.
     """
     torch.manual_seed(seed)
     model = build_backbone(backbone, num_classes=num_classes)
     cut = split_below_top(model, 2)
     freeze_backbone(model)
-    groups = [{"params": [p for m in mods for p in m.parameters()], "lr": lr}
-              for mods, lr in zip(cut.top_modules(model).values(), TOP_LRS)]
-    for p in (p for g in groups for p in g["params"]):
-        p.requires_grad_(True)
+    for modules in cut.top_modules(model).values():
+        for module in modules:
+            module.requires_grad_(True)
     A, Af = views.plain[LOWER], views.flipped[LOWER]
-    tr = torch.as_tensor(parts["train"])
-    batch = 32
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], pct_start=0.2,
-                                                    total_steps=epochs * -(-len(tr) // batch))
-    generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in tqdm(range(epochs), desc=f"{backbone} top-stage fine-tune", disable=not progress, leave=False):
-        _train_mode_keep_bn(cut.upper)
-        order, flip = torch.randperm(len(tr), generator=generator), torch.rand(len(tr), generator=generator) < 0.5
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            a = torch.where(flip[idx].view(-1, 1, 1, 1), Af[tr[idx]], A[tr[idx]])
-            loss = nn.functional.cross_entropy(cut.upper(a), y[tr[idx]], label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    seconds = time.perf_counter() - start + views.seconds
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    va, te = (torch.as_tensor(parts[p]) for p in ("val", "test"))
-    p_va, p_vaf = _probabilities(cut.upper, A[va]), _probabilities(cut.upper, Af[va])
-    p_te, p_tef = _probabilities(cut.upper, A[te]), _probabilities(cut.upper, Af[te])
+    tr, va, te = (torch.as_tensor(parts[p]) for p in ("train", "val", "test"))
+    r = recipes.train(cut.upper, param_groups(model, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR), (A[tr], y[tr]),
+                      (A[va], y[va]), max_epochs=epochs, patience=FT_PATIENCE, flip=True, flipped=Af[tr], bn="eval",
+                      seed=seed, device=device)
+    seconds = r.seconds + views.seconds
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    p_va, p_vaf, p_te, p_tef = (recipes.probabilities(cut.upper, a, device) for a in (A[va], Af[va], A[te], Af[te]))
+    cut.upper.cpu()
     name = f"{backbone} fine-tune {' + '.join(cut.top)} + head (cached {cut.stage})"
     return [Candidate(name, "partial_ft", backbone, "network", True, False, seconds, p_va, p_te, state),
             Candidate(name + " + flip TTA", "partial_ft", backbone, "network", True, True, seconds,
@@ -186,35 +159,24 @@ def top_stage_finetune(backbone: str, views: Views, y: torch.Tensor, parts: dict
 
 def full_finetune(backbone: str, pre: Preprocessing, samples: Sequence[tuple[str, int]], parts: dict[str, list[int]],
                   num_classes: int, *, epochs: int = 3, seed: int = 0, batch_size: int = 16,
-                  progress: bool = True) -> Candidate:
-    """Every layer trained on decoded images (random resized crops and flips), lower rates below the head.
+                  progress: bool = True, device: str | torch.device | None = "cpu") -> Candidate:
+    """Every layer trained with :func:`tlcourse.recipes.train` on decoded images (random resized
+    crops and flips), BatchNorm keeping its ImageNet statistics.
 
     Costs a forward and a backward pass of the whole network per image and epoch: on a CPU only
     for small folders or large budgets (``fit`` estimates the cost first).
     """
     torch.manual_seed(seed)
     model = build_backbone(backbone, num_classes=num_classes)
-    head = backbone_spec(model).head
-    head_params = list(model.get_submodule(head).parameters())
-    others = [p for n, p in model.named_parameters() if not n.startswith(head + ".")]
-    optimizer = torch.optim.AdamW([{"params": others, "lr": 1e-4}, {"params": head_params, "lr": 1e-3}],
-                                  weight_decay=0.01)
-    train = DataLoader(ImageFiles([samples[i] for i in parts["train"]], pre.train_transform()), batch_size=batch_size,
-                       shuffle=True, generator=torch.Generator().manual_seed(seed))
-    start = time.perf_counter()
-    for _ in tqdm(range(epochs), desc=f"{backbone} full fine-tune", disable=not progress, leave=False):
-        _train_mode_keep_bn(model)
-        for x, labels in train:
-            loss = nn.functional.cross_entropy(model(x), labels, label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    probs = {}
-    with torch.inference_mode():
-        for part in ("val", "test"):
-            loader = DataLoader(ImageFiles([samples[i] for i in parts[part]], pre.eval_transform()), batch_size=32)
-            probs[part] = torch.cat([model(x).float().softmax(1) for x, _ in loader])
+    images = {part: ImageFiles([samples[i] for i in parts[part]], pre.train_transform() if part == "train"
+                               else pre.eval_transform()) for part in ("train", "val", "test")}
+    train = DataLoader(images["train"], batch_size=batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed))
+    val, test = (DataLoader(images[part], batch_size=32) for part in ("val", "test"))
+    r = recipes.train(model, param_groups(model, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR), train, val,
+                      max_epochs=epochs, patience=FT_PATIENCE, bn="eval", seed=seed, device=device)
+    probs = {part: recipes.probabilities(model, loader, device) for part, loader in (("val", val), ("test", test))}
+    model.cpu()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Candidate(f"{backbone} full fine-tune ({epochs} epochs)", "full_ft", backbone, "network", True, False,
-                     time.perf_counter() - start, probs["val"], probs["test"], state)
+    return Candidate(f"{backbone} full fine-tune ({r.epochs} epochs)", "full_ft", backbone, "network", True, False,
+                     r.seconds, probs["val"], probs["test"], state)
