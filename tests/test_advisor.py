@@ -198,36 +198,10 @@ def test_each_training_strategy_trains_what_its_name_says():
         decision_matrix.build_for_strategy("probe_last", 2)
 
 
-def test_train_strategy_reports_accuracy_and_collapse():
-    from tlcourse.data import TensorImages
-
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
-    ds = TensorImages(images, [0, 1] * 4, size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    out = decision_matrix.train_strategy("partial_ft", ds, ds, epochs=1, batch_size=4, partial_stages=1)
-    assert 0.0 <= out["accuracy"] <= 1.0 and 0.5 <= out["majority_prediction_share"] <= 1.0
-    assert len(out["correct"]) == len(ds) and sum(out["correct"]) / len(ds) == pytest.approx(out["accuracy"])
-    assert out["trainable"] < 2_000_000
-
-
-def test_the_verdict_calls_a_winner_only_when_the_seed_interval_excludes_zero():
-    def table(**values):
-        return {s: {"mean": sum(v) / len(v), "values": v} for s, v in values.items()}
-
-    close = table(probe_last=[0.75, 0.77, 0.79], probe_early=[0.78, 0.79, 0.80])
-    assert decision_matrix.verdict("small_similar", close).startswith("no measurable difference")
-    clear = table(probe_last=[0.75, 0.77, 0.79], probe_early=[0.85, 0.86, 0.84])
-    text = decision_matrix.verdict("small_similar", clear)
-    assert text.startswith("probe_early is better than probe_last by 8.0 points") and "Welch" in text
-    assert "is a textbook strategy" in decision_matrix.verdict("small_dissimilar", clear)
-    one_seed = table(probe_last=[0.70], probe_early=[0.90])
-    assert decision_matrix.verdict("small_similar", one_seed).startswith("one seed, no interval")
-
-
 def test_summary_uses_the_sample_std_and_a_t_interval():
     rows = [dict(quadrant="small_similar", strategy="full_ft", seed=s, accuracy=a) for s, a in enumerate((0.6, 0.7, 0.8))]
     entry = decision_matrix.summarize(rows)["small_similar"]["full_ft"]
     assert entry["std"] == pytest.approx(0.1)  # ddof=1, not the population std (0.0816)
     assert entry["low"] < 0.7 < entry["high"] and entry["high"] - 0.7 == pytest.approx(0.2484, abs=1e-3)
     single = decision_matrix.summarize(rows[:1])["small_similar"]["full_ft"]
-    assert math.isnan(single["std"]) and decision_matrix.summary_rows({"q": {"full_ft": single}})[0]["full_ft"] == "60.0"
+    assert math.isnan(single["std"]) and math.isnan(single["low"]) and single["mean"] == 0.6

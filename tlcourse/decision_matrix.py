@@ -14,10 +14,12 @@ full_ft         the whole pretrained network + a new head, at a low backbone lea
 scratch         the same architecture from random weights (the baseline: what pretraining buys)
 ==============  =============================================================================
 
-The probes use cached features (:mod:`tlcourse.features`); the three training strategies use
-images decoded once into tensors (:class:`tlcourse.finetune.TensorImages`). Results are plain rows
-(``quadrant, strategy, seed, accuracy, ...``) saved as JSON and CSV, so :func:`plot_matrix` can
-redraw the figure without training anything.
+The experiment itself runs in :mod:`tlcourse.matrix_reference` (notebook 04's live run and the
+reference script): probes on cached features, and the three trained strategies through
+:func:`tlcourse.recipes.train`. This module holds the results: plain rows
+(``quadrant, strategy, seed, accuracy, ...``) saved as JSON and CSV, summarised over seeds with
+intervals, compared with the textbook's advice, and drawn by :func:`plot_matrix` without training
+anything.
 """
 
 from __future__ import annotations
@@ -28,22 +30,17 @@ import json
 import math
 import os
 import textwrap
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from torch import nn
-from torch.utils.data import DataLoader
 
-from tlcourse import evaluation, features, models, tables
+from tlcourse import evaluation, models
 from tlcourse._io import atomic_write_text, read_json, read_or_explain
-from tlcourse.data import TensorImages
-from tlcourse.runtime import seed_everything
 from tlcourse.strategies import (
     QUADRANTS,
     STRATEGIES,
@@ -53,7 +50,6 @@ from tlcourse.strategies import (
     agrees_with_textbook,
     quadrant_title,
 )
-from tlcourse.train import train_one_epoch
 
 __all__ = [
     "QUADRANTS",
@@ -62,27 +58,16 @@ __all__ = [
     "TEXTBOOK",
     "load_results",
     "plot_matrix",
-    "predict",
-    "probe_accuracy",
     "save_results",
     "interval_rows",
     "summarize",
-    "summary_rows",
     "textbook_verdict",
-    "train_strategy",
-    "verdict",
     "winners",
 ]
 
 # --------------------------------------------------------------------------------------------
 # Strategies
 # --------------------------------------------------------------------------------------------
-
-
-def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                   *, C: float = 0.5, seed: int = 0) -> float:
-    """Test accuracy of a standardised logistic regression trained on cached features."""
-    return features.fit_logistic_regression(train_x, train_y, test_x, test_y, C=C, seed=seed)["accuracy"]
 
 
 def build_for_strategy(strategy: str, num_classes: int, *, backbone: str = models.DEFAULT_BACKBONE,
@@ -99,68 +84,6 @@ def build_for_strategy(strategy: str, num_classes: int, *, backbone: str = model
         models.freeze_backbone(model)
         models.unfreeze(model, partial_stages)
     return model
-
-
-def train_strategy(
-    strategy: str,
-    train_set: TensorImages,
-    test_set: TensorImages,
-    *,
-    epochs: int,
-    backbone: str = models.DEFAULT_BACKBONE,
-    head_lr: float = 1e-3,
-    backbone_lr: float = 1e-4,
-    scratch_lr: float = 1e-3,
-    partial_stages: int = 3,
-    batch_size: int = 32,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Train one of ``partial_ft``, ``full_ft``, ``scratch`` and return its test accuracy.
-
-    Adam, with the pretrained layers at ``backbone_lr`` (10x below the new head's ``head_lr``:
-    large updates would overwrite the features that make pretraining worth having). ``scratch``
-    has nothing to preserve and trains every weight at ``scratch_lr``. Frozen BatchNorm layers
-    stay in eval mode (``tlcourse.train.set_train_mode``). Returns ``{"accuracy", "correct",
-    "train_accuracy", "majority_prediction_share", "seconds", "trainable"}``; ``correct`` holds one
-    bool per test image, for paired comparisons (:func:`tlcourse.evaluation.compare`).
-    """
-    seed_everything(seed)
-    n_classes = len(set(train_set.targets))
-    model = build_for_strategy(strategy, n_classes, backbone=backbone, partial_stages=partial_stages)
-    device = torch.device(device)
-    model.to(device)
-    if strategy == "scratch":
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": scratch_lr}]
-    else:
-        groups = models.param_groups(model, backbone_lr=backbone_lr, head_lr=head_lr)
-    optimizer = torch.optim.Adam(groups)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
-    loss_fn = nn.CrossEntropyLoss()
-    start = time.perf_counter()
-    stats = None
-    for _ in range(epochs):
-        stats = train_one_epoch(model, loader, loss_fn, optimizer, device)
-    predictions = predict(model, test_set, device=device)
-    correct = predictions == torch.as_tensor(test_set.targets)
-    return {"accuracy": float(correct.float().mean()), "correct": correct.tolist(),
-            "train_accuracy": stats.accuracy if stats else float("nan"),
-            # A network that outputs one class for every image scores exactly the class share:
-            # this says when an accuracy of 50% means "collapsed" rather than "learned a little".
-            "majority_prediction_share": float(torch.bincount(predictions).max()) / len(predictions),
-            "seconds": time.perf_counter() - start, "trainable": models.count_parameters(model)}
-
-
-def predict(model: nn.Module, dataset: TensorImages, *, device: str | torch.device = "cpu",
-            batch_size: int = 128) -> torch.Tensor:
-    """Top-1 predictions (N,) of ``model`` in eval mode on every item of ``dataset``, in order."""
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for x, _ in DataLoader(dataset, batch_size=batch_size):
-            out.append(model(x.to(device)).argmax(1).cpu())
-    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,47 +114,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
     return out
 
 
-def summary_rows(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, str]]:
-    """One row per quadrant, one column per strategy: "mean ± sd" in percent (sd in points).
-
-    Ready for :func:`tlcourse.tables.table`; a single seed shows its mean alone.
-    """
-    rows = []
-    for quadrant, table in summary.items():
-        row = {"quadrant": quadrant}
-        for s in STRATEGIES:
-            if s not in table:
-                row[s] = "-"
-            elif math.isnan(table[s]["std"]):
-                row[s] = f"{100 * table[s]['mean']:.1f}"
-            else:
-                row[s] = f"{100 * table[s]['mean']:.1f} ± {100 * table[s]['std']:.1f}"
-        rows.append(row)
-    return rows
-
-
 def winners(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, str]:
     """The strategy with the highest mean accuracy in each quadrant (first in STRATEGIES order on a tie)."""
     return {q: max(table, key=lambda s: (table[s]["mean"], -STRATEGIES.index(s) if s in STRATEGIES else 0))
             for q, table in summary.items()}
-
-
-def verdict(quadrant: str, table: Mapping[str, Mapping[str, Any]]) -> str:
-    """How the measured winner compares with the textbook's best strategy in one quadrant.
-
-    When the highest mean is not a textbook strategy, the two are compared over seeds with
-    :func:`tlcourse.evaluation.compare_seeds` (Welch t-test): the sentence says "better by x
-    points (95% CI ...)" only when the interval excludes zero, "no measurable difference"
-    otherwise, and "one seed, no interval" when there is nothing to measure a spread with.
-    """
-    winner = max(table, key=lambda s: table[s]["mean"])
-    if agrees_with_textbook(quadrant, winner):
-        return f"the highest mean, {winner}, is a textbook strategy (★)"
-    candidates = [s for s in TEXTBOOK[quadrant].strategies if s in table] if quadrant in TEXTBOOK else []
-    if not candidates:
-        return "textbook strategy not measured"
-    textbook = max(candidates, key=lambda s: table[s]["mean"])
-    return evaluation.compare_seeds(winner, table[winner]["values"], textbook, table[textbook]["values"])
 
 
 def textbook_verdict(quadrant: str, table: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
@@ -376,9 +262,3 @@ def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, tit
                  fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def format_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """The summary as a fixed-width text table (for scripts): :func:`summary_rows`, aligned."""
-    return str(tables.table(summary_rows(summary)))
-
