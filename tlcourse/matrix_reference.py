@@ -1,14 +1,17 @@
 """The decision matrix at the textbook's scale: fair strategies, early stopping, resumable rows.
 
-:mod:`tlcourse.decision_matrix` runs the matrix at laptop scale inside notebook 04. This module
-is the machinery of the *reference run* (``scripts/decision_matrix_reference.py``), the one the
-notebook and the advisor quote as evidence. What makes it fair:
+This module runs the matrix: at laptop scale inside notebook 04, and at the textbook's scale in
+the *reference run* (``scripts/decision_matrix_reference.py``), the one the notebook and the
+advisor quote as evidence; :mod:`tlcourse.decision_matrix` summarises and draws the rows. What
+makes it fair:
 
-* every trained strategy (``partial_ft``, ``full_ft``, ``scratch``) stops early on a validation
-  split (patience, maximum epochs) and keeps its best-validation weights; each row says how many
-  epochs it used and whether it stopped on a plateau or ran into the maximum;
-* the pretrained layers' learning rate is chosen once on validation (:func:`train_partial` over
-  ``Scale.backbone_lrs``), not on test; the new head trains at 1e-3, a network from scratch at 1e-3;
+* every trained strategy (``partial_ft``, ``full_ft``, ``scratch``) trains with the course's one
+  recipe, :func:`tlcourse.recipes.train`: it stops early on a validation split (patience, maximum
+  epochs) and keeps its best-validation weights; each row says how many epochs it used and whether
+  it stopped on a plateau or ran into the maximum;
+* the pretrained layers' learning rate is chosen once on validation (:func:`run_trained` with
+  ``partial_ft`` over ``Scale.backbone_lrs``), not on test; the new head trains at 1e-3, a network
+  from scratch at 1e-3;
 * the probes' regularisation ``C`` is chosen on validation, and ``probe_early`` is the best
   earlier stage on validation (every stage is probed and kept, for the layer-wise picture);
 * all trained strategies see the same augmentation, random horizontal flips. That is what makes

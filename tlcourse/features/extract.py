@@ -5,9 +5,10 @@ feature map, global-average pooled (``layer="blocks.3"``). Several layers come o
 forward pass (:func:`extract_stage_features`), and the forward stops after the deepest stage
 asked for. Device, precision, batch size and CPU threads follow
 ``runtime.device_settings(..., inference=True)``: on a CPU the pass runs on ONNX Runtime
-(:mod:`tlcourse.features.engine`, exported once per weights, layers and input size) while a
-DataLoader worker decodes the next batches; eager PyTorch runs on CUDA/MPS, in bf16, and
-whenever the export fails (with a one-line warning saying why).
+(:mod:`tlcourse.features.engine`, exported once per weights, layers and input size), with the
+images decoded in the same process (``runtime.CPU_INFERENCE_WORKERS`` and ``CPU_DECODE_AHEAD``
+say why); eager PyTorch runs on CUDA/MPS, in bf16, and whenever the export fails (with a one-line
+warning saying why).
 """
 
 from __future__ import annotations
