@@ -16,7 +16,7 @@ export TLCOURSE_MIRROR ?= $(abspath ../shared/datasets)
 endif
 PROFILE ?= default
 
-.PHONY: setup course test unit lab slides refresh status clean
+.PHONY: setup course test unit lab slides site refresh status clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,16 @@ lab: $(STAMP)
 # Every notebook (with its committed outputs) as a reveal.js deck that works offline
 slides: $(STAMP)
 	$(BIN)/python -m tlcourse slides
+
+# The course website from the committed, executed notebooks (none is run again), offline:
+# build/site/index.html, with every lesson, its slides, the findings, performance and search.
+SITE_STAMP := $(VENV)/.tlcourse-site-installed
+$(SITE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[site]'
+	@touch $(SITE_STAMP)
+
+site: $(SITE_STAMP)
+	$(BIN)/python docs/site.py
 
 refresh: $(STAMP)
 	$(BIN)/python -m tlcourse course --profile default --update-notebooks
