@@ -272,19 +272,24 @@ def test_notebook_reads_as_a_lesson(path: Path):
     assert not long, f"code cells over 15 lines that define nothing being taught: {long}"
 
 
-def test_notebook_02_teaches_the_package_loop_inline():
-    """The loop notebook 02 writes by hand is the package's, line for line (d2l's #@save idea)."""
+@pytest.mark.parametrize(("stem", "module", "names"), [
+    ("02", "tlcourse.train.loops", ("train_one_epoch", "evaluate")),
+    ("05", "tlcourse.recipes", ("train",)),
+])
+def test_a_lesson_teaches_the_package_code_inline(stem, module, names):
+    """The code a lesson writes by hand is the package's, line for line (d2l's #@save idea): notebook 02
+    the training loop, notebook 05 the recipe every fine-tune in the course runs."""
+    import importlib
     import inspect
     import textwrap
 
-    from tlcourse.train import loops
-
-    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem.startswith("02")), as_version=4)
-    for function in (loops.train_one_epoch, loops.evaluate):
+    package = importlib.import_module(module)
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem.startswith(stem)), as_version=4)
+    for name in names:
+        function = getattr(package, name)
         cell = next((c for c in nb.cells if c.cell_type == "code"
-                     and re.search(rf"^def {function.__name__}\(", c.source, flags=re.M)), None)
-        assert cell is not None, f"notebook 02 defines {function.__name__} inline"
-        inline = re.search(rf"^def {function.__name__}\(.*?(?=^\S|\Z)", cell.source + "\n",
-                           flags=re.M | re.S).group(0).strip()
+                     and re.search(rf"^def {name}\(", c.source, flags=re.M)), None)
+        assert cell is not None, f"notebook {stem} defines {name} inline"
+        inline = re.search(rf"^def {name}\(.*?(?=^\S|\Z)", cell.source + "\n", flags=re.M | re.S).group(0).strip()
         assert inline == textwrap.dedent(inspect.getsource(function)).strip(), \
-            f"notebook 02's {function.__name__} differs from tlcourse.train.loops.{function.__name__}"
+            f"notebook {stem}'s {name} differs from {module}.{name}"

@@ -24,7 +24,7 @@ from torch import nn
 from tlcourse.runtime import DeviceSettings, device_settings, seed_everything
 from tlcourse.train import EarlyStopping, History, KeepBest, fit, set_bn_policy
 
-__all__ = ["Data", "RecipeResult", "TensorBatches", "predict", "probabilities", "train"]
+__all__ = ["Data", "RecipeResult", "TensorBatches", "as_batches", "labels_of", "predict", "probabilities", "train"]
 
 #: What a recipe trains or scores on: ``(inputs, labels)`` tensors, or any iterable of such
 #: batches (a ``DataLoader`` over image files, with its own augmentation).
@@ -81,11 +81,13 @@ class TensorBatches:
             yield xb, self.y[idx]
 
 
-def _batches(data: Data, batch_size: int, **options: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def as_batches(data: Data, batch_size: int, **options: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """:class:`TensorBatches` of ``(inputs, labels)`` tensors with ``options``; a loader as it is."""
     return TensorBatches(*data, batch_size=batch_size, **options) if isinstance(data, tuple) else data
 
 
-def _labels(data: Data) -> torch.Tensor:
+def labels_of(data: Data) -> torch.Tensor:
+    """All labels of ``data``, in order, on the CPU."""
     return data[1].cpu() if isinstance(data, tuple) else torch.cat([torch.as_tensor(y) for _, y in data])
 
 
@@ -97,7 +99,7 @@ def probabilities(model: nn.Module, x: torch.Tensor | Data, device: str | torch.
     if isinstance(x, torch.Tensor):
         inputs: Iterable[torch.Tensor] = (x[i:i + batch_size] for i in range(0, len(x), batch_size))
     else:
-        inputs = (batch[0] for batch in _batches(x, batch_size))
+        inputs = (batch[0] for batch in as_batches(x, batch_size))
     model.eval()
     with torch.inference_mode(), settings.autocast():
         return torch.cat([model(settings.to_device(b)).float().softmax(1).cpu() for b in inputs])
@@ -124,8 +126,8 @@ def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: Data, val:
     seed_everything(seed)
     settings = device_settings(device)
     set_bn_policy(module, bn)
-    train_batches = _batches(train, batch_size, shuffle=True, flip=flip, flipped=flipped)
-    val_batches = _batches(val, 128)
+    train_batches = as_batches(train, batch_size, shuffle=True, flip=flip, flipped=flipped)
+    val_batches = as_batches(val, 128)
     start = time.perf_counter()
     history = fit(module, train_batches, val_batches, epochs=max_epochs, optimizer=torch.optim.Adam(groups),
                   seed=seed, settings=settings, progress=False, callbacks=[EarlyStopping(patience), KeepBest()])
@@ -135,6 +137,6 @@ def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: Data, val:
                           predict(module, val_batches, settings).unique().numel() == 1, seconds,
                           str(settings.device), history)
     if test is not None:
-        result.correct = predict(module, test, settings) == _labels(test)
+        result.correct = predict(module, test, settings) == labels_of(test)
         result.accuracy = float(result.correct.float().mean())
     return result
