@@ -110,7 +110,11 @@ def test_an_unknown_batchnorm_policy_is_refused():
         set_bn_policy(bn_net(), "sometimes")
 
 
-def test_predict_gives_cpu_labels_in_eval_mode():
+def test_probabilities_come_back_on_the_cpu_in_order_with_the_model_in_eval_mode():
     model = bn_net().train()
-    out = recipes.predict(model, toy()[0], "cpu", batch_size=10)
-    assert out.shape == (64,) and out.device.type == "cpu" and not model.training
+    x = toy()[0]
+    out = recipes.probabilities(model, x, "cpu", batch_size=10)
+    assert out.shape == (64, 2) and out.device.type == "cpu" and not model.training
+    assert torch.allclose(out.sum(1), torch.ones(64)) and torch.allclose(out, model(x).softmax(1), atol=1e-6)
+    batches = recipes.TensorBatches(x, torch.zeros(64), batch_size=7)
+    assert torch.allclose(recipes.probabilities(model, batches), out, atol=1e-6)

@@ -24,7 +24,7 @@ from torch import nn
 from tlcourse.runtime import DeviceSettings, device_settings, seed_everything
 from tlcourse.train import EarlyStopping, History, KeepBest, fit, set_bn_policy
 
-__all__ = ["Data", "RecipeResult", "TensorBatches", "as_batches", "labels_of", "predict", "probabilities", "train"]
+__all__ = ["Data", "RecipeResult", "TensorBatches", "as_batches", "labels_of", "probabilities", "train"]
 
 #: What a recipe trains or scores on: ``(inputs, labels)`` tensors, or any iterable of such
 #: batches (a ``DataLoader`` over image files, with its own augmentation).
@@ -105,12 +105,6 @@ def probabilities(model: nn.Module, x: torch.Tensor | Data, device: str | torch.
         return torch.cat([model(settings.to_device(b)).float().softmax(1).cpu() for b in inputs])
 
 
-def predict(model: nn.Module, x: torch.Tensor | Data, device: str | torch.device | DeviceSettings | None = None,
-            batch_size: int = 128) -> torch.Tensor:
-    """Top-1 predictions of ``model`` for ``x`` (see :func:`probabilities`), on the CPU."""
-    return probabilities(model, x, device, batch_size).argmax(1)
-
-
 def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: Data, val: Data, *, max_epochs: int,
           patience: int, batch_size: int = 32, flip: bool = False, flipped: torch.Tensor | None = None,
           bn: str = "frozen-eval", seed: int = 0, device: str | torch.device | DeviceSettings | None = None,
@@ -134,9 +128,9 @@ def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: Data, val:
     seconds = time.perf_counter() - start
     best = history.epochs[history.best_epoch - 1]
     result = RecipeResult(module, best["val_acc"], len(history), history.best_epoch, history.stopped_early,
-                          predict(module, val_batches, settings).unique().numel() == 1, seconds,
+                          probabilities(module, val_batches, settings).argmax(1).unique().numel() == 1, seconds,
                           str(settings.device), history)
     if test is not None:
-        result.correct = predict(module, test, settings) == labels_of(test)
+        result.correct = probabilities(module, test, settings).argmax(1) == labels_of(test)
         result.accuracy = float(result.correct.float().mean())
     return result
