@@ -118,3 +118,21 @@ def test_probabilities_come_back_on_the_cpu_in_order_with_the_model_in_eval_mode
     assert torch.allclose(out.sum(1), torch.ones(64)) and torch.allclose(out, model(x).softmax(1), atol=1e-6)
     batches = recipes.TensorBatches(x, torch.zeros(64), batch_size=7)
     assert torch.allclose(recipes.probabilities(model, batches), out, atol=1e-6)
+
+
+def test_the_linear_probe_chooses_c_on_validation_and_scores_test_once():
+    x, y = toy(80)
+    noisy = torch.cat([x, torch.randn(80, 20, generator=torch.Generator().manual_seed(1)) * 3], dim=1)
+    r = recipes.linear_probe((noisy[:40], y[:40]), (noisy[40:60], y[40:60]), cs=(1e-4, 1.0), test=(noisy[60:], y[60:]))
+    assert r.extra["C"] in (1e-4, 1.0) and r.val_accuracy >= 0.8 and len(r.correct) == 20
+    assert r.accuracy == float(r.correct.float().mean()) and (r.epochs, r.stopped_early) == (0, False)
+    # the C reported is the one that did best on validation
+    fits = {c: recipes.fit_logistic_regression(noisy[:40], y[:40], noisy[40:60], y[40:60], C=c)["accuracy"]
+            for c in (1e-4, 1.0)}
+    assert fits[r.extra["C"]] == max(fits.values())
+
+
+def test_a_probe_that_sees_no_signal_is_flagged_when_it_predicts_one_class():
+    y = torch.tensor([0] * 30 + [1] * 10)
+    r = recipes.linear_probe((torch.zeros(40, 3), y), (torch.zeros(20, 3), y[:20]), cs=(1.0,))
+    assert r.collapsed

@@ -25,7 +25,6 @@ Test accuracy is measured once per run, and every row keeps its per-image result
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlcourse import data, features, models, recipes, strategies
+from tlcourse import data, models, recipes, strategies
 from tlcourse.runtime import select_device
 from tlcourse.stages import split_at
 
@@ -265,19 +264,17 @@ def cut_stage(scale: Scale) -> str:
 def probe_stages(train: Mapping[str, torch.Tensor], train_y: torch.Tensor, val: Mapping[str, torch.Tensor],
                  val_y: torch.Tensor, test: Mapping[str, torch.Tensor], test_y: torch.Tensor, *,
                  cs: Sequence[float], seed: int, stages: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """A logistic-regression probe per stage, ``C`` chosen on validation; test scored once per stage.
+    """A linear probe per stage (:func:`tlcourse.recipes.linear_probe`: ``C`` chosen on validation);
+    test scored once per stage.
 
     Returns one dict per stage: ``stage, C, val_accuracy, accuracy, n_test, correct`` (bit string).
     """
     out = []
     for stage in stages or list(train):
-        fits = {c: features.fit_logistic_regression(train[stage], train_y, val[stage], val_y, C=c, seed=seed)
-                for c in cs}
-        c_best = max(cs, key=lambda c: (fits[c]["accuracy"], -abs(math.log10(c))))
-        pipe = fits[c_best]["pipeline"]
-        correct = torch.as_tensor(pipe.predict(test[stage].numpy())) == test_y
-        out.append({"stage": stage, "C": c_best, "val_accuracy": fits[c_best]["accuracy"],
-                    "accuracy": float(correct.float().mean()), "n_test": len(test_y), "correct": bits(correct)})
+        r = recipes.linear_probe((train[stage], train_y), (val[stage], val_y), cs=cs, seed=seed,
+                                 test=(test[stage], test_y))
+        out.append({"stage": stage, "C": r.extra["C"], "val_accuracy": r.val_accuracy, "accuracy": r.accuracy,
+                    "n_test": len(test_y), "correct": bits(r.correct)})
     return out
 
 

@@ -1,4 +1,5 @@
-"""The training recipe the course's experiments share, written once on top of ``fit``.
+"""The recipes the course's experiments share, each written once: a linear probe on cached
+features (:func:`linear_probe`) and training on top of ``fit`` (:func:`train`).
 
 Every strategy that trains layers (the top stages on cached activations, the whole network, a
 network from scratch) runs :func:`train`: ``fit`` with :class:`~tlcourse.train.EarlyStopping`
@@ -21,10 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from tlcourse.features import fit_logistic_regression
 from tlcourse.runtime import DeviceSettings, device_settings, seed_everything
 from tlcourse.train import EarlyStopping, History, KeepBest, fit, set_bn_policy
 
-__all__ = ["Data", "RecipeResult", "TensorBatches", "as_batches", "labels_of", "probabilities", "train"]
+__all__ = ["Data", "RecipeResult", "TensorBatches", "as_batches", "labels_of", "linear_probe", "probabilities", "train"]
+
+#: The regularisation strengths a linear probe chooses among, on validation (smaller: stronger).
+PROBE_CS = (0.01, 0.1, 1.0, 10.0)
 
 #: What a recipe trains or scores on: ``(inputs, labels)`` tensors, or any iterable of such
 #: batches (a ``DataLoader`` over image files, with its own augmentation).
@@ -35,9 +40,9 @@ Data = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Te
 class RecipeResult:
     """What one training run gives back: enough to compare it, pair it and tell how it ended."""
 
-    model: nn.Module  # with the best validation epoch's weights, in eval mode
+    model: Any  # the network with the best validation epoch's weights (eval mode), or a probe's pipeline
     val_accuracy: float  # of the best epoch (what the run was chosen by)
-    epochs: int  # epochs run
+    epochs: int  # epochs run (0 for a probe, which is solved, not trained in epochs)
     best_epoch: int
     stopped_early: bool  # True: validation reached a plateau; False: the epoch cap ended the run
     collapsed: bool  # predicts one class for every validation image: not a model to score
@@ -132,5 +137,25 @@ def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: Data, val:
                           str(settings.device), history)
     if test is not None:
         result.correct = probabilities(module, test, settings).argmax(1) == labels_of(test)
+        result.accuracy = float(result.correct.float().mean())
+    return result
+
+
+def linear_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
+                 cs: Sequence[float] = PROBE_CS, seed: int = 0,
+                 test: tuple[torch.Tensor, torch.Tensor] | None = None) -> RecipeResult:
+    """A standardised logistic regression on cached features, its strength ``C`` chosen on
+    validation (a tie goes to the ``C`` nearest 1). ``extra["C"]`` says which; with ``test``, the
+    chosen probe is scored once on it. The backbone stays frozen, so there are no epochs to run.
+    """
+    start = time.perf_counter()
+    fits = {c: fit_logistic_regression(*train, *val, C=c, seed=seed) for c in cs}
+    best = max(cs, key=lambda c: (fits[c]["accuracy"], -abs(math.log10(c))))
+    pipe = fits[best]["pipeline"]
+    collapsed = len(set(pipe.predict(val[0].numpy()).tolist())) == 1
+    result = RecipeResult(pipe, fits[best]["accuracy"], 0, 0, False, collapsed, time.perf_counter() - start, "cpu",
+                          History(), extra={"C": best})
+    if test is not None:
+        result.correct = torch.as_tensor(pipe.predict(test[0].numpy())) == test[1].cpu()
         result.accuracy = float(result.correct.float().mean())
     return result
