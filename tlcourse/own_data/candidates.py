@@ -1,6 +1,6 @@
 """Step 3 of ``fit``: the candidate strategies, each trained on train and scored on validation.
 
-- **probes** (:func:`probe_candidates`): scikit-learn logistic regression on cached features of
+- **probes** (:func:`probe_candidates`): :func:`tlcourse.recipes.linear_probe` on cached features of
   the last layer (``probe_last``) or an earlier stage (``probe_early``), then the same trained on
   the images and their mirror images (flip augmentation), then with flip test-time augmentation
   (the probabilities of an image and its mirror averaged);
@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader
 
 from tlcourse import recipes
 from tlcourse.evaluation import accuracy_ci
-from tlcourse.features import fit_logistic_regression
 from tlcourse.models import Preprocessing, build_backbone, freeze_backbone, param_groups
 from tlcourse.own_data.activations import LAST, LOWER, ImageFiles, Views
 from tlcourse.stages import split_below_top
@@ -113,8 +112,8 @@ def probe_candidates(backbone: str, views: Views, y: torch.Tensor, parts: dict[s
         for flip in (False, True):
             X_fit = torch.cat([X[tr], Xf[tr]]) if flip else X[tr]
             y_fit = torch.cat([y[tr], y[tr]]) if flip else y[tr]
-            fitted = fit_logistic_regression(X_fit, y_fit, X[va], y[va], seed=seed)
-            head = fold_probe(fitted["pipeline"])
+            fitted = recipes.linear_probe((X_fit, y_fit), (X[va], y[va]), seed=seed)  # C chosen on validation
+            head = fold_probe(fitted.model)
             share = views.seconds / 2 * (2 if flip else 1)  # the mirror half of the pass is the flip's
             variants = [(False, f"{backbone} probe, {where}" + (" + flip augmentation" if flip else ""))]
             if flip:
@@ -122,7 +121,7 @@ def probe_candidates(backbone: str, views: Views, y: torch.Tensor, parts: dict[s
             for tta, name in variants:
                 val = (_proba(head, X[va]) + _proba(head, Xf[va])) / 2 if tta else _proba(head, X[va])
                 test = (_proba(head, X[te]) + _proba(head, Xf[te])) / 2 if tta else _proba(head, X[te])
-                found.append(Candidate(name, strategy, backbone, layer, flip, tta, share + fitted["seconds"],
+                found.append(Candidate(name, strategy, backbone, layer, flip, tta, share + fitted.seconds,
                                        val, test, head))
     return found
 
