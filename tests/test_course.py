@@ -66,3 +66,14 @@ def test_environment_report_says_what_is_missing(tmp_path, monkeypatch):
     assert "mirror ($TLCOURSE_MIRROR): not set" in text
     assert "python -m tlcourse stage" in text
     assert "efficientnet_lite0" in text and "torch " in text
+
+
+def test_a_lesson_setup_prints_at_most_three_lines_and_no_path(capsys, monkeypatch):
+    from tlcourse import course
+
+    monkeypatch.delenv("TLCOURSE_PROFILE", raising=False)
+    lesson = course.setup("default", {"default": {"EPOCHS": 2}}, {"EPOCHS": None}, device="cpu", threads=1)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert lesson.cfg["EPOCHS"] == 2 and 1 <= len(out) <= 3
+    assert "profile default" in out[0] and "python -m tlcourse env" in out[-1]
+    assert not any("/" in line.replace("python -m", "") for line in out[:-1])

@@ -293,3 +293,30 @@ def test_a_lesson_teaches_the_package_code_inline(stem, module, names):
         inline = re.search(rf"^def {name}\(.*?(?=^\S|\Z)", cell.source + "\n", flags=re.M | re.S).group(0).strip()
         assert inline == textwrap.dedent(inspect.getsource(function)).strip(), \
             f"notebook {stem}'s {name} differs from {module}.{name}"
+
+
+MACHINE_PATH = re.compile(r"(?<![\w$~.:/])/(?:work|root|home|tmp|Users|private|mnt|var/folders)/[^\s'\"<>]*"
+                          r"|\b[A-Z]:\\\\[^\s'\"<>]*")
+
+
+def machine_paths(notebook: nbformat.NotebookNode) -> list[str]:
+    """Absolute paths of the machine that ran ``notebook``, as its outputs show them."""
+    found = []
+    for i, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            texts = [output.get("text", "")] + [v for k, v in output.get("data", {}).items() if k.startswith("text/")]
+            found += [f"cell {i}: {m}" for text in texts for m in MACHINE_PATH.findall("".join(text))]
+    return found
+
+
+def test_machine_paths_are_found_where_they_are():
+    cell = nbformat.v4.new_code_cell("print(p)", outputs=[nbformat.v4.new_output(
+        "stream", name="stdout", text="reading /home/ana/course/build/x and data/y, https://example.org/tmp/z\n")])
+    assert machine_paths(nbformat.v4.new_notebook(cells=[cell])) == ["cell 0: /home/ana/course/build/x"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_outputs_name_no_machine_path(path: Path):
+    """Learners read these outputs in JupyterLab, on slides and on the site, on other machines."""
+    found = machine_paths(nbformat.read(path, as_version=4))
+    assert not found, f"{path.name} shows absolute paths of the machine that ran it: {found[:5]}"

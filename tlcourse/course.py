@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 import torch
 
-from tlcourse.environment import report_text
 from tlcourse.paths import build_dir, project_root
 from tlcourse.results import PROFILE_ENV, resolve_profile
 from tlcourse.runtime import DeviceSettings, apply_thread_policy, device_settings, seed_everything
@@ -69,9 +68,9 @@ def setup(profile: str, profiles: Mapping[str, Mapping[str, Any]], params: Mappi
     wanted = threads if threads is not None else cfg.get("THREADS")
     used = apply_thread_policy(wanted or None) if settings.device.type == "cpu" else torch.get_num_threads()
     seed_everything(seed)
-    if not quiet:
-        print(report_text())
+    if not quiet:  # two lines; `python -m tlcourse env` (environment.report_text) prints the full report
         print(f"profile {profile}, device {settings.device}, {used} CPU thread(s), seed {seed}")
+        print(f"torch {torch.__version__.split('+')[0]}; the full environment report: python -m tlcourse env")
     return Lesson(profile=profile, cfg=cfg, settings=settings, threads=used, seed=seed)
 
 

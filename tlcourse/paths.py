@@ -1,5 +1,8 @@
 """Where the course keeps things: the project root, ``data/``, ``build/`` and the mirror.
 
+:func:`shown` is how every output names a path: relative to the project, the mirror or the home
+folder, never as the absolute path of the machine that ran it.
+
 Every location can be moved with an environment variable, so tests and classrooms can point
 the package somewhere else without editing code:
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+__all__ = ["MIRROR_ENV", "build_dir", "data_dir", "mirror_dir", "project_root", "shown"]
 
 MIRROR_ENV = "TLCOURSE_MIRROR"
 
@@ -42,3 +47,27 @@ def mirror_dir() -> Path | None:
     """The mirror folder named by ``$TLCOURSE_MIRROR``, or ``None`` when the variable is unset."""
     env = os.environ.get(MIRROR_ENV)
     return Path(env).expanduser().resolve() if env else None
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` as an output should show it: ``$TLCOURSE_MIRROR/x`` inside the mirror, ``x``
+    relative to the project root or the current folder, ``~/x`` under the home folder, else as is.
+
+    Notebooks, logs and reports are read on other machines (slides, the course site, a classmate's
+    copy): the absolute path of the machine that ran them means nothing there.
+    """
+    p = Path(path).expanduser()
+    p = p.resolve() if p.is_absolute() else p
+    if not p.is_absolute():
+        return str(p)
+    mirror = mirror_dir()
+    for base, prefix in ((mirror, "$" + MIRROR_ENV), (project_root(), ""), (Path.cwd(), ""), (Path.home(), "~")):
+        if base is None:
+            continue
+        try:
+            rel = p.relative_to(base.resolve())
+        except ValueError:
+            continue
+        text = rel.as_posix()
+        return f"{prefix}/{text}" if prefix else (text or ".")
+    return str(p)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
+
+from tlcourse.paths import shown
 
 __all__ = ["Table", "percent", "table"]
 
@@ -25,6 +28,8 @@ def _text(value: Any) -> str:
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if value is None:
         return "-"
+    if isinstance(value, PurePath):  # relative to the project or mirror, never this machine's absolute path
+        return shown(value)
     return str(value)
 
 
