@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tlcourse import data
+from tlcourse._io import DiskWriteError
 from tlcourse.course import run_course
 from tlcourse.environment import report_text
-from tlcourse.models import DEFAULT_BACKBONE, stage_weights, weights_status
+from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, stage_weights, weights_status
 from tlcourse.own_data import LARGER, fit
+from tlcourse.own_data.pipeline import CLI_NAMES, MAX_CROP, check_arguments
 from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir
 from tlcourse.slides import build_slides
 from tlcourse.tables import table
@@ -130,12 +132,39 @@ def run_slides_command(names: Sequence[str], source: str | None, out: str | None
     return 0
 
 
-def run_fit_command(folder: str, out: str | None, budget: float, backbone: str, larger: Sequence[str],
-                    seed: int, crop: int | None, full_ft: str) -> int:
-    """Run :func:`tlcourse.own_data.fit` on a folder and print where the report is."""
-    out_dir = Path(out) if out else Path(folder).expanduser().resolve().parent / (Path(folder).name + "-fit")
-    report = fit(folder, out_dir, budget=budget, backbone=backbone, larger=larger, seed=seed, crop=crop,
-                 full_ft=full_ft)
+def _number(text: str | float | None) -> int | float | str | None:
+    """``"42"`` -> 42, ``"1.5"``/``"nan"`` -> float, anything else unchanged, for ``check_arguments`` to judge."""
+    if not isinstance(text, str):
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def run_fit_command(folder: str, out: str | None, budget: str | float, backbone: str, larger: Sequence[str],
+                    seed: str | int, crop: str | None, full_ft: str) -> int:
+    """Run :func:`tlcourse.own_data.fit` on a folder and print where the report is.
+
+    The arguments are checked first, with messages that name the options (``--budget must be ...``);
+    Ctrl-C ends with a line saying how to resume instead of a traceback.
+    """
+    root = Path(folder).expanduser().resolve()
+    out_dir = Path(out).expanduser().resolve() if out else root.parent / (root.name + "-fit")
+    settings = dict(budget=_number(budget), backbone=backbone, larger=larger, seed=_number(seed), crop=_number(crop),
+                    full_ft=full_ft)
+    settings["larger"] = check_arguments(folder, out_dir, **settings, names=CLI_NAMES)
+    try:
+        report = fit(folder, out_dir, **settings)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the candidates finished so far are saved in {out_dir}; run the same command again "
+              "to resume from there.", file=sys.stderr)
+        return 130
+    except DiskWriteError as err:  # its message says it all; "[Errno 28]" in front would not help
+        print(f"error: {err.strerror}", file=sys.stderr)
+        return 1
     print()
     print(table(report.candidate_table(), title="candidates, scored on validation"))
     print()
@@ -190,13 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit_cmd.add_argument("folder", metavar="FOLDER",
                          help="FOLDER/<class>/<image>, or FOLDER/{train,val|validation[,test]}/<class>/<image>")
     fit_cmd.add_argument("--out", default=None, metavar="DIR", help="report, model and caches (default: FOLDER-fit)")
-    fit_cmd.add_argument("--budget", type=float, default=120.0, metavar="SECONDS",
-                         help="time for the whole run (default 120); candidates that would not fit are skipped")
-    fit_cmd.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME", help="the main backbone")
+    # --budget, --seed and --crop stay text here: check_arguments says what is allowed, which
+    # argparse's "invalid int value" does not
+    fit_cmd.add_argument("--budget", default=120.0, metavar="SECONDS",
+                         help="seconds for the whole run, above 0 (default 120); candidates that would not fit "
+                              "are skipped")
+    fit_cmd.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME",
+                         help=f"the main backbone, one of {', '.join(BACKBONES)}")
     fit_cmd.add_argument("--larger", nargs="*", default=list(LARGER), metavar="NAME",
                          help="larger backbones to probe next, while the budget lasts")
-    fit_cmd.add_argument("--seed", type=int, default=0)
-    fit_cmd.add_argument("--crop", type=int, default=None, metavar="PX", help="input size (default: the weights' own)")
+    fit_cmd.add_argument("--seed", default=0, metavar="N", help="a whole number from 0 to 4294967295 (default 0)")
+    fit_cmd.add_argument("--crop", default=None, metavar="PX",
+                         help=f"input size, {min(b.min_input for b in BACKBONES.values())} to {MAX_CROP} px "
+                              "(default: the weights' own)")
     fit_cmd.add_argument("--full-ft", default="auto", choices=["auto", "always", "never"],
                          help="full fine-tuning: when the estimated time fits the budget (auto), always, never")
     return parser

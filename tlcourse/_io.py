@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DamagedFileError", "DiskWriteError", "atomic_copy", "atomic_path", "atomic_save",
-           "atomic_write", "atomic_write_text", "format_problem", "locked", "read_json", "read_npz", "read_or_explain",
-           "read_torch", "remove_partial_files"]
+           "atomic_write", "atomic_write_text", "format_problem", "locked", "make_folder", "read_json", "read_npz",
+           "read_or_explain", "read_torch", "remove_partial_files"]
 
 PARTIAL_SUFFIX = ".tmp"
 T = TypeVar("T")
@@ -79,17 +79,52 @@ def _setting_for(folder: Path) -> str:
     return "TLCOURSE_BUILD_DIR"
 
 
-def _explain_write_error(err: OSError, path: Path) -> OSError:
-    """``err`` as a :class:`DiskWriteError` naming the folder and the setting; else ``err``."""
+def _explain_write_error(err: OSError, path: Path, *, action: str | None = None,
+                         remedy: str | None = None) -> OSError:
+    """``err`` as a :class:`DiskWriteError` naming the folder and the setting; else ``err``.
+
+    ``action`` ("create the folder X") and ``remedy`` replace the defaults, which speak of a file
+    written into a folder that a setting moves.
+    """
     if isinstance(err, DiskWriteError) or err.errno not in _DISK_PROBLEMS:
         return err
     folder = path.parent
     setting = _setting_for(folder)
-    return DiskWriteError(err.errno, (
-        f"Could not write {path.name} into {folder}: {_DISK_PROBLEMS[err.errno]} ({err.strerror}). "
+    action = action or f"write {path.name} into {folder}"
+    remedy = remedy or (
         f"The previous file, if any, is unchanged. Free some space or make the folder writable, or "
         f"move the course's files to a writable disk with space: set {setting}=/another/folder "
-        "(or pass another folder, e.g. checkpoint_dir=, to the function that writes it)."))
+        "(or pass another folder, e.g. checkpoint_dir=, to the function that writes it).")
+    return DiskWriteError(err.errno, f"Could not {action}: {_DISK_PROBLEMS[err.errno]} ({err.strerror}). {remedy}")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The deepest existing part of ``path`` that is not a folder (``a.txt`` in ``a.txt/out``)."""
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            return None if part.is_dir() else part
+    return None
+
+
+def make_folder(path: str | os.PathLike[str], *, remedy: str | None = None) -> Path:
+    """``mkdir -p path``, or a :class:`DiskWriteError` naming ``path`` and what is in the way.
+
+    A full, read-only or forbidden disk, and a file where a folder should be (``notes.txt/out``),
+    get the same clear error as a failed write; ``remedy`` says what to do instead of the default.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = _file_in_the_way(path)
+        if blocker is not None or isinstance(err, FileExistsError):  # a file (or a broken link) holds the name
+            err = NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+        remedy = remedy or (f"Free some space, make the folder writable or move the file in the way, or "
+                            f"use a writable disk with space: set {_setting_for(path)}=/another/folder.")
+        if blocker is not None:
+            remedy = f"The file in the way is {blocker}. {remedy}"
+        raise _explain_write_error(err, path, action=f"create the folder {path}", remedy=remedy) from err
+    return path
 
 
 def _try_lock(fd: int, blocking: bool) -> bool:

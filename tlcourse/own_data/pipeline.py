@@ -2,6 +2,8 @@
 
 The steps, each announced with a line (and a progress bar where it takes a while):
 
+0. refuse arguments that cannot work, saying what is allowed (:func:`check_arguments`), and
+   create the output folder with its marker, before anything is read;
 1. read the folder, refuse what cannot work, drop duplicates, carve the splits (:mod:`.scan`);
 2. place the data on the size x similarity matrix and state the textbook's prior
    (:mod:`tlcourse.advisor`);
@@ -16,27 +18,30 @@ The steps, each announced with a line (and a progress bar where it takes a while
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
+import numbers
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tlcourse._io import DamagedFileError, atomic_save, read_or_explain, read_torch
+from tlcourse._io import DamagedFileError, atomic_save, atomic_write_text, make_folder, read_or_explain, read_torch
 from tlcourse.advisor import recommend, similarity_score
 from tlcourse.features import near_duplicates
-from tlcourse.models import DEFAULT_BACKBONE, Preprocessing, backbone_spec, build_backbone
+from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, Preprocessing, backbone_spec, build_backbone
 from tlcourse.own_data.activations import ImageFiles, Views, backbone_pass, pass_is_cached
 from tlcourse.own_data.candidates import FT_EPOCHS, Candidate, full_finetune, probe_candidates, top_stage_finetune
 from tlcourse.own_data.report import FitReport, finish
-from tlcourse.own_data.scan import UserData, read_folder
+from tlcourse.own_data.scan import FIT_MARKER, FolderRefused, UserData, check_folder, is_fit_output, read_folder
 from tlcourse.stages import split_below_top
 from tlcourse.strategies import STRATEGY_LABELS
 
-__all__ = ["LARGER", "NEAR_DUPLICATE", "fit"]
+__all__ = ["CLI_NAMES", "LARGER", "MAX_CROP", "NEAR_DUPLICATE", "BadArgument", "check_arguments", "fit"]
 
 #: The larger offline backbones tried after the main one, cheapest first.
 LARGER = ("efficientnet_lite1", "efficientnet_lite2")
@@ -47,6 +52,91 @@ NEAR_DUPLICATE = 0.95
 #: Seconds kept back for testing, export, the fresh-process checks and the report (measured 21-39 s
 #: for Alien vs Predator on a busy 2-core CPU; the budget is a target, not a hard stop).
 RESERVE = 30.0
+#: The largest input size: the weights were trained at 224-260 px, and 1024 px has 21x the pixels of
+#: 224 px, so each image costs about that much more time.
+MAX_CROP = 1024
+#: Seeds numpy, scikit-learn and torch all accept.
+MAX_SEED = 2**32 - 1
+#: How the command line spells fit's parameters, for its error messages.
+CLI_NAMES = {"folder": "FOLDER", "out": "--out", "budget": "--budget", "backbone": "--backbone",
+             "larger": "--larger", "seed": "--seed", "crop": "--crop", "full_ft": "--full-ft"}
+FULL_FT = ("auto", "always", "never")
+
+
+class BadArgument(ValueError):
+    """An argument of ``fit`` that cannot work; the message says what is allowed."""
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_arguments(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: Any, backbone: Any,
+                    larger: Sequence[str], seed: Any, crop: Any, full_ft: Any,
+                    names: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Refuse arguments that cannot work, saying what is allowed; returns ``larger`` without repeats.
+
+    Runs before anything is read or built. ``names`` spells the parameters in the messages (the
+    command line passes :data:`CLI_NAMES`); values may be of any type, so that ``"abc"`` or ``1.5``
+    given for a seed gets the same message as ``-1``.
+    """
+    def name(key: str) -> str:
+        return (names or {}).get(key, key)
+
+    def refuse(key: str, allowed: str, got: Any) -> BadArgument:
+        return BadArgument(f"{name(key)} must be {allowed}; got {got!r}.")
+
+    known = ", ".join(BACKBONES)
+    larger = [larger] if isinstance(larger, str) else list(larger)
+    for key, given in (("backbone", [backbone]), ("larger", larger)):
+        unknown = [b for b in given if b not in BACKBONES]
+        if unknown:
+            raise BadArgument(f"{name(key)}: {', '.join(map(repr, unknown))} is not a backbone this course knows; "
+                              f"choose from {known}.")
+    if not isinstance(budget, numbers.Real) or isinstance(budget, bool) or not math.isfinite(budget) or budget <= 0:
+        raise refuse("budget", "a number of seconds above 0, e.g. 120 (candidates that would not fit are skipped)",
+                     budget)
+    if not _whole(seed) or not 0 <= seed <= MAX_SEED:
+        raise refuse("seed", f"a whole number from 0 to {MAX_SEED}, e.g. 0 or 42", seed)
+    if crop is not None:
+        used = [backbone_spec(b) for b in (backbone, *larger)]
+        low = max(used, key=lambda spec: spec.min_input)
+        if not _whole(crop) or not low.min_input <= crop <= MAX_CROP:
+            raise refuse("crop", f"a whole number of pixels from {low.min_input} to {MAX_CROP} ({low.name} shrinks "
+                         f"images {low.min_input}-fold, so a smaller input leaves nothing of the image), or left out "
+                         f"for the weights' own size ({used[0].preprocessing().crop} px for {backbone})", crop)
+    if full_ft not in FULL_FT:
+        raise refuse("full_ft", " or ".join(map(repr, FULL_FT)), full_ft)
+    _check_out(check_folder(Path(folder).expanduser().resolve()), Path(out).expanduser().resolve(), name("out"))
+    return tuple(dict.fromkeys(b for b in larger if b != backbone))
+
+
+def _check_out(root: Path, out: Path, flag: str) -> None:
+    """Refuse an output folder that is FOLDER itself, or that holds files ``fit`` did not write."""
+    if out == root:
+        raise BadArgument(f"{flag} {out} is FOLDER itself: fit would write its cache/ and candidates/ folders among "
+                          f"your class folders. Pass another folder, e.g. {flag} {root.parent / (root.name + '-fit')} "
+                          "(the command line's default).")
+    if not out.is_dir() or is_fit_output(out) or (out / "candidates").is_dir():  # candidates/: a run before the marker
+        return
+    theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if theirs:
+        inside = " It is inside FOLDER, where it would be read as a class." if root in out.parents else ""
+        raise BadArgument(
+            f"{flag} {out} already holds files that fit did not write ({', '.join(theirs[:3])}"
+            f"{', ...' if len(theirs) > 3 else ''}); fit writes report.json, report.html, model.pt, model.onnx, cache/ "
+            f"and candidates/ there and would replace files of those names.{inside} Pass a new or empty folder.")
+
+
+def _make_out(out: Path) -> bool:
+    """Create the output folder and its marker (so no scan reads it as data); True when it is new."""
+    new = not out.exists()
+    make_folder(out, remedy="Pass another output folder, one you can write to (--out DIR on the command line, "
+                            "out= in Python).")
+    if not (out / FIT_MARKER).is_file():
+        atomic_write_text(out / FIT_MARKER, "Written by tlcourse fit: its report, model and caches. "
+                                            "fit never reads this folder as images.\n")
+    return new
 
 
 class _Log:
@@ -131,11 +221,27 @@ def fit(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: 
         full_ft: ``"auto"`` (when the estimated time fits the budget), ``"always"`` or ``"never"``.
         export: write and check ``model.pt`` / ``model.onnx`` (``False`` saves the export's time).
         echo: called with each decision line (``None``: silent).
+
+    Raises :class:`BadArgument` or :class:`~tlcourse.own_data.scan.FolderRefused` (both ``ValueError``)
+    before anything is built, saying what to do; an output folder that cannot be created raises the
+    course's :class:`~tlcourse._io.DiskWriteError`.
     """
+    larger = check_arguments(folder, out, budget=budget, backbone=backbone, larger=larger, seed=seed, crop=crop,
+                             full_ft=full_ft)
     log = _Log(echo)
     out = Path(out).expanduser().resolve()
+    new = _make_out(out)
     log(f"reading {folder}")
-    data = read_folder(folder, seed=seed)
+    try:
+        data = read_folder(folder, seed=seed)
+    except FolderRefused:
+        if new:  # leave nothing behind for a refused folder
+            with contextlib.suppress(OSError):
+                (out / FIT_MARKER).unlink()
+                out.rmdir()
+        raise
+    if data.fit_outputs:
+        log(f"left out fit's own output folder(s) inside the folder: {', '.join(data.fit_outputs)}")
     log(f"{len(data.samples)} images in {len(data.classes)} classes ({', '.join(data.classes)}); "
         f"{len(data.bad)} unusable files skipped; {len(data.dropped)} duplicate files left out")
     log(data.notes[0])
@@ -154,6 +260,11 @@ def fit(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: 
     near = _drop_near_copies(data, views, parts)
     log(f"{len(near)} near-duplicate pair(s) between test and training images (cosine >= {NEAR_DUPLICATE}); "
         f"test set: {len(parts['test'])} images")
+    if not parts["test"]:
+        raise FolderRefused(
+            f"Nothing is left to test on: each of the {len(data.indices('test'))} test image(s) is a near-copy of a "
+            f"training or validation image (cosine similarity of their features >= {NEAR_DUPLICATE}), and a copy "
+            "tests nothing new. Add photos that differ more (other scenes, other days, other objects of each class).")
     y = torch.tensor([label for _, label in data.samples])
     run = _Runner(log, saved, budget)
     run.stage("probes", 0.0, lambda: probe_candidates(backbone, views, y, parts, seed=seed))

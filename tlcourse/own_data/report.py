@@ -7,6 +7,10 @@ candidate of the textbook's strategy. After that choice, every candidate's store
 predictions are scored for the record ("hindsight"): they show whether the choice on validation
 landed within the interval of the best candidate, and cannot change the choice any more.
 
+A test set too small to mean anything (fewer than :data:`MIN_TEST` images, or a 95% interval
+wider than :data:`MAX_CI_WIDTH`) is said so in the log, in ``report.json`` ("warnings") and at the
+top of ``report.html``, with the number of test images that would make the result meaningful.
+
 ``report.json`` holds the facts; ``report.html`` is one self-contained file (figures inlined as
 base64 PNG) that opens offline.
 """
@@ -17,6 +21,7 @@ import base64
 import html
 import io
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,17 +35,22 @@ from PIL import Image
 from tlcourse._io import atomic_write_text
 from tlcourse.advisor import Recommendation
 from tlcourse.data import load_rgb
-from tlcourse.evaluation import accuracy_ci, compare, describe, paired_comparison
+from tlcourse.evaluation import Estimate, accuracy_ci, compare, describe, paired_comparison
 from tlcourse.explain import gradcam, gradcam_grid
 from tlcourse.inference import predict_proba
 from tlcourse.models import Preprocessing
 from tlcourse.own_data.candidates import Candidate
 from tlcourse.own_data.deploy import StageProbe, deployed_model, export
-from tlcourse.own_data.scan import UserData
+from tlcourse.own_data.scan import TEST_FRACTION, UserData
 from tlcourse.plots import confusion_matrix, denormalize, image_grid
 from tlcourse.strategies import STRATEGY_LABELS
 
-__all__ = ["FitReport", "finish"]
+__all__ = ["MAX_CI_WIDTH", "MIN_TEST", "FitReport", "finish", "needed_test_images", "small_test_set_warning"]
+
+#: Below this many test images an accuracy says little, whatever its interval.
+MIN_TEST = 30
+#: A 95% interval wider than this (30 points) cannot tell candidates a few points apart.
+MAX_CI_WIDTH = 0.30
 
 
 @dataclass
@@ -69,6 +79,7 @@ class FitReport:
     decisions: list[str]
     out: str
     tta: bool = False
+    warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict, repr=False)  # base64 PNG, as in report.html
 
@@ -93,7 +104,35 @@ class FitReport:
         return (f"chosen: {self.chosen} ({STRATEGY_LABELS.get(self.strategy, self.strategy)})\n"
                 f"test accuracy {self.test_accuracy:.1%} (95% CI {lo:.1%} to {hi:.1%}, n={self.n_test}); "
                 f"{self.seconds:.0f} s\ntextbook prior: {STRATEGY_LABELS.get(self.prior_strategy, self.prior_strategy)}; "
-                f"{self.versus_prior.get('verdict', '')}")
+                f"{self.versus_prior.get('verdict', '')}" + "".join(f"\nwarning: {w}" for w in self.warnings))
+
+
+def needed_test_images(accuracy: float) -> int:
+    """The fewest test images (at least :data:`MIN_TEST`) whose 95% Wilson interval at ``accuracy``
+    is at most :data:`MAX_CI_WIDTH` wide (39 at 50%, 30 at 90% and above)."""
+    n = MIN_TEST
+    while True:  # the width shrinks like 1/sqrt(n): a few dozen steps at most
+        ci = accuracy_ci(round(accuracy * n), n)
+        if ci.high - ci.low <= MAX_CI_WIDTH:
+            return n
+        n += 1
+
+
+def small_test_set_warning(acc: Estimate, data: UserData, near_copies: int) -> str | None:
+    """What to tell a learner whose test set is too small to mean anything, or None."""
+    width = acc.high - acc.low
+    if acc.n >= MIN_TEST and width <= MAX_CI_WIDTH:
+        return None
+    need = needed_test_images(acc.value)
+    where = (f"about {math.ceil(need / TEST_FRACTION)} different images in all, as {TEST_FRACTION:.0%} of a folder "
+             "without a split is carved for testing" if data.layout == "flat"
+             else "put them in the folder used as the test set")
+    near = (f" {near_copies} test image(s) were left out as near-copies of training images: near-identical "
+            "photos test nothing new." if near_copies else "")
+    return (f"the test set is too small to mean much: {acc.n} test image(s) give {acc.value:.1%} with a 95% "
+            f"interval from {acc.low:.1%} to {acc.high:.1%} ({100 * width:.0f} points wide), too wide to tell the "
+            f"candidates apart. About {need} test images would make it meaningful (an interval at most "
+            f"{100 * MAX_CI_WIDTH:.0f} points wide at this accuracy): {where}.{near}")
 
 
 def _png(fig: Figure) -> str:
@@ -203,6 +242,9 @@ def finish(*, data: UserData, parts: dict[str, list[int]], candidates: list[Cand
     correct = chosen.test_proba.argmax(1).numpy() == y_test
     acc = accuracy_ci(correct)
     log(f"test set, once: {describe(chosen.name, acc)}")
+    warnings = [w for w in [small_test_set_warning(acc, data, len({n["test"] for n in near}))] if w]
+    for warning in warnings:
+        log(f"warning: {warning}")
     versus = _versus_prior(chosen, prior, y_test, rec.strategy)
     log(f"against the textbook's prior: {versus['verdict']}")
     hindsight = _hindsight(candidates, chosen, y_test)
@@ -236,7 +278,7 @@ def finish(*, data: UserData, parts: dict[str, list[int]], candidates: list[Cand
         similarity=similarity, quadrant=rec.quadrant, split=data.counts(), skipped_stages=skipped,
         duplicates={"exact_groups": data.duplicates, "left_out": [list(d) for d in data.dropped], "near_test_train": near},
         bad_files=[f"{b.path}: {b.reason}" for b in data.bad], hindsight=hindsight, export=exported,
-        decisions=log.lines, out=str(out), tta=chosen.tta,
+        decisions=log.lines, out=str(out), tta=chosen.tta, warnings=warnings,
         extra={"run_key": run_key, "folder": str(data.root), "budget": budget, "n_per_class": rec.n_per_class, "split_note": data.notes[0]})
     figures = _figures(model, chosen, data, parts["test"], y_test, pre, near)
     report.figures = figures
@@ -267,6 +309,7 @@ def render_html(report: FitReport, figures: dict[str, str]) -> str:
     esc = html.escape
     sections = [
         f"<h1>Your own data: {esc(str(report.extra.get('folder', '')))}</h1><p>{esc(str(report.extra.get('split_note', '')))}</p>",
+        *(f"<p class='warning'><b>Warning:</b> {esc(w)}</p>" for w in report.warnings),
         f"<p><b>Chosen on validation:</b> {esc(report.chosen)} ({esc(STRATEGY_LABELS.get(report.strategy, report.strategy))}).<br>"
         f"<b>Test accuracy:</b> {report.test_accuracy:.1%} (95% CI {lo:.1%} to {hi:.1%}, n={report.n_test}), measured once.<br>"
         f"<b>Textbook prior:</b> {esc(STRATEGY_LABELS.get(report.prior_strategy, report.prior_strategy))} "
@@ -288,6 +331,7 @@ def render_html(report: FitReport, figures: dict[str, str]) -> str:
         "<h2>Model files</h2><pre>" + esc(json.dumps(report.export, indent=2)) + "</pre>",
     ]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}")
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}"
+             ".warning{background:#fff3cd;border:1px solid #e0b400;padding:6px 10px}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>tlcourse fit report</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
 
