@@ -101,6 +101,19 @@ def bf16_table(doc: Mapping[str, Any]) -> str:
                                         "(McNemar)", "speed": "whole fit faster"})
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "(an interactive widget: run the notebook in JupyterLab to use it)"
+
+
+def _replace_widgets(nb: Any) -> None:
+    """Widget outputs need a live kernel: the page says so instead of showing their Python repr
+    (``VBox(children=...``) or a progress bar frozen at 0%."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if WIDGET_VIEW in output.get("data", {}):
+                output["data"] = {"text/plain": WIDGET_NOTE}
+
+
 def stage(out: Path, root: Path = ROOT) -> list[Path]:
     """Lay out the Sphinx source in ``out``: docs' pages, the lessons, generated tables, the decks."""
     if out.exists():
@@ -114,6 +127,7 @@ def stage(out: Path, root: Path = ROOT) -> list[Path]:
             f'<a class="tlcourse-slides" href="../slides/{path.stem}.slides.html">Open this lesson\'s slides</a>'
             f" · run it yourself: `notebooks/{path.name}`")
         nb.cells.insert(1, link)
+        _replace_widgets(nb)
         nbformat.write(nb, out / "lessons" / path.name)
     generated = out / "generated"
     generated.mkdir()

@@ -99,6 +99,15 @@ def test_performance_and_findings_tables_come_from_the_committed_result_files(si
     assert findings.count("the textbook") >= 4 and "large &amp; similar (3 seeds)" in findings
 
 
+def test_widgets_say_they_need_a_kernel_instead_of_showing_their_repr(site: Path) -> None:
+    for notebook in site_py.lesson_notebooks():
+        nb = nbformat.read(notebook, as_version=4)
+        widgets = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                      if site_py.WIDGET_VIEW in o.get("data", {}))
+        page = (site / "lessons" / f"{notebook.stem}.html").read_text()
+        assert "VBox(children=" not in page and page.count(site_py.WIDGET_NOTE) == widgets, notebook.stem
+
+
 def test_every_internal_link_resolves(site: Path) -> None:
     broken = []
     pages = site_py.site_pages(site)
