@@ -6,7 +6,7 @@ loop is what a tutorial writes: torchvision ``ImageFolder`` + ``DataLoader`` dec
 with PIL, resize + crop + normalise, NCHW float32, batch 64, ``torch.no_grad()``, the default
 thread count. The course's path is :func:`tlcourse.features.extract_features` with its defaults
 (on a CPU: ONNX Runtime, exported once into ``build/onnx`` before timing, one DataLoader worker
-decoding while it computes, ``runtime.engine_threads`` threads, batch 16). Next to it, at every
+decoding while it computes, ``cpu_threads.engine_threads`` threads, batch 16). Next to it, at every
 size: the eager PyTorch path (channels_last, inference mode, threads by timing), eager with bf16
 autocast (features differ from float32 by bf16's rounding: reported, not a default), and ONNX
 Runtime without the worker or with every thread. The ablation changes one thing at a time; "decode once" decodes and crops each JPEG once into a uint8 tensor
@@ -17,7 +17,6 @@ which pays off when the same images are needed more than once (two input sizes, 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorD
 from torchvision import transforms
 
 from benchmarks.common import Section, machine, md_table, ratio
-from tlcourse import data, features, models, runtime
+from tlcourse import cpu_threads, data, features, models, runtime
 
 SPLITS = ("train", "validation")
 
@@ -106,31 +105,27 @@ def matmul_gflops(threads: int, n: int = 1536, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / seconds / 1e9
 
 
-def settings(*, engine_batch: int | None | str = "default", decode_ahead: bool | None = None,
-             **kw: Any) -> runtime.DeviceSettings:
-    """CPU inference settings with ``kw`` changed (``engine``, ``workers``, ``bf16``, ``threads``, ...),
-    and the engine's slice and decoding ahead when given."""
-    s = runtime.device_settings("cpu", inference=True, **kw)
-    if engine_batch != "default":
-        s = dataclasses.replace(s, engine_batch=engine_batch)
-    if decode_ahead is not None:
-        s = dataclasses.replace(s, decode_ahead=decode_ahead)
-    return s
+def settings(*, bf16: bool | None = None, batch_size: int | None = None, **knobs: Any) -> dict[str, Any]:
+    """``extract_features``' ``device`` and ``engine`` arguments on the CPU: ``bf16`` and ``batch_size``
+    go to ``runtime.device_settings``; ``knobs`` (``engine``, ``workers``, ``threads``, ``engine_batch``,
+    ``decode_ahead``) to ``features.engine_settings``, whose CPU policy fills in the rest."""
+    device = runtime.device_settings("cpu", inference=True, bf16=bf16, batch_size=batch_size)
+    return {"device": device, "engine": features.engine_settings(device, **knobs)}
 
 
 def where_time_goes(model: nn.Module, size: int, images: int | None) -> dict[str, float]:
     """Milliseconds per image of each part of the course path, measured apart, and the rates they
     allow: decoding + preprocessing on one thread, and ONNX Runtime's forward pass (slices of
-    ``runtime.CPU_ENGINE_BATCH``) on decoded tensors with every core and with one."""
+    ``features.engine.CPU_ENGINE_BATCH``) on decoded tensors with every core and with one."""
     ds = images_on_disk(eval_transform(size), images)
-    with runtime.one_thread():
+    with cpu_threads.one_thread():
         decode_s, (x, y) = timed(lambda: (torch.stack([ds[i][0] for i in range(len(ds))]), torch.arange(len(ds))))
     n, cores = len(x), os.cpu_count() or 1
     tensors = TensorDataset(x, y)
-    features.extract_features(model, Subset(tensors, range(4)), device=settings(decode_ahead=False), progress=False)
+    features.extract_features(model, Subset(tensors, range(4)), **settings(decode_ahead=False), progress=False)
     engine_ms = {}
     for t in sorted({1, cores}):
-        s, _ = timed(lambda t=t: features.extract_features(model, tensors, device=settings(threads=t, decode_ahead=False),
+        s, _ = timed(lambda t=t: features.extract_features(model, tensors, **settings(threads=t, decode_ahead=False),
                                                            progress=False))
         engine_ms[t] = 1000 * s / n
     decode_ms, all_cores = 1000 * decode_s / n, engine_ms[cores]
@@ -160,17 +155,18 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
 
     cores = os.cpu_count() or 1
     export_s: dict[int, float] = {}
+    thread_rates: dict[int, float] = {}  # what the eager row's thread choice timed (the last size)
     for size in sizes:
         n = len(images_on_disk(None, images))
         full = size == sizes[0]
 
-        def course(size: int = size, **kw: Any) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
+        def course(size: int = size, **kw: Any) -> tuple[float, features.Extraction[torch.Tensor]]:
             ds = images_on_disk(eval_transform(size), images)
-            return timed(lambda: features.extract_features(model, ds, device=settings(**kw), progress=False))
+            return timed(lambda: features.extract_features(model, ds, **settings(**kw), progress=False))
 
         # the export happens once per backbone, layer and size (then build/onnx): not timed below
         export_s[size], _ = timed(lambda: features.extract_features(
-            model, images_on_disk(eval_transform(size), 2), device=settings(workers=0), progress=False))
+            model, images_on_disk(eval_transform(size), 2), **settings(workers=0), progress=False))
         s, (naive, _) = timed(lambda: naive_features(body, loader(size, 64)))
         add("naive: ImageFolder+PIL, NCHW, no_grad, batch 64", size, s, n, f"{threads} threads")
         if full:
@@ -183,25 +179,27 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
                 add(f"eager extract_features, batch {batch}, {threads} threads", size, s, n)
             s, _ = course(engine="eager", workers=0, threads=1)
             add("eager extract_features, batch 16, 1 thread", size, s, n)
-        s, (eager, _) = course(engine="eager", workers=0)
+        s, eager_run = course(engine="eager", workers=0)
+        eager, thread_rates = eager_run.features, eager_run.report.rates
         add("eager PyTorch: channels_last, threads by timing", size, s, n,
-            f"chose {runtime.LAST_EXTRACTION.get('threads')} thread(s)")
-        s, (bf16, _) = course(engine="eager", workers=0, bf16=True)
-        add("eager + bf16 autocast", size, s, n, f"chose {runtime.LAST_EXTRACTION.get('threads')} thread(s)")
+            f"chose {eager_run.report.threads} thread(s)")
+        s, bf16_run = course(engine="eager", workers=0, bf16=True)
+        bf16 = bf16_run.features
+        add("eager + bf16 autocast", size, s, n, f"chose {bf16_run.report.threads} thread(s)")
         s, _ = course(engine="onnxruntime", workers=0, threads=cores, engine_batch=None, decode_ahead=False)
         add("onnxruntime, whole batches, decoding in turn", size, s, n, f"{cores} threads")
         s, _ = course(engine="onnxruntime", workers=0, threads=cores, decode_ahead=False)
-        add(f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding in turn", size, s, n, f"{cores} threads")
+        add(f"onnxruntime, slices of {features.engine.CPU_ENGINE_BATCH}, decoding in turn", size, s, n, f"{cores} threads")
         s, _ = course(engine="onnxruntime", workers=0, threads=cores, decode_ahead=True)
-        add(f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding ahead on a thread", size, s, n,
+        add(f"onnxruntime, slices of {features.engine.CPU_ENGINE_BATCH}, decoding ahead on a thread", size, s, n,
             f"{cores} threads, not spinning")
         s, _ = course(engine="onnxruntime", workers=1, threads=cores)
         add("onnxruntime + 1 decoding worker, every core", size, s, n, f"{cores} threads")
-        s, (fast, _) = timed(lambda: features.extract_features(model, images_on_disk(eval_transform(size), images),
-                                                               progress=False))
-        used = runtime.LAST_EXTRACTION
+        s, default_run = timed(lambda: features.extract_features(model, images_on_disk(eval_transform(size), images),
+                                                                 progress=False))
+        fast, used = default_run.features, default_run.report
         add("course default: extract_features", size, s, n,
-            f"{used.get('engine')}, {used.get('workers')} worker(s), {used.get('threads')} thread(s)")
+            f"{used.engine}, {used.workers} worker(s), {used.threads} thread(s)")
         check[f"max_abs_diff_{size}"] = float((naive - fast).abs().max())
         check[f"max_abs_diff_eager_{size}"] = float((naive - eager).abs().max())
         check[f"max_abs_diff_bf16_{size}"] = float((naive - bf16).abs().max())
@@ -223,7 +221,7 @@ def run(images: int | None = 160, sizes: tuple[int, ...] = (224, 160), compile_m
     result = _summarise(rows, sizes, model, decode_s, cached_total, compile_model, images)
     result["where_time_goes"] = [where_time_goes(model, size, images) for size in sizes]
     result.update(check=check, machine_start=start_machine, machine_end=machine(), images_arg=images,
-                  thread_rates=runtime.LAST_EXTRACTION.get("rates"), export_seconds=export_s,
+                  thread_rates=thread_rates, export_seconds=export_s,
                   engines=_engines(rows, sizes))
     return Section("extraction", result, markdown(result))
 
@@ -233,8 +231,8 @@ def _rate(rows: list[dict[str, Any]], size: int, prefix: str) -> dict[str, Any]:
 
 
 ENGINE_ROWS = {"naive": "naive", "eager": "eager PyTorch", "bf16": "eager + bf16",
-               "onnxruntime_whole_batches": "onnxruntime, whole", "onnxruntime_slices": f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding in turn",
-               "onnxruntime_slices_decoding_ahead": f"onnxruntime, slices of {runtime.CPU_ENGINE_BATCH}, decoding ahead",
+               "onnxruntime_whole_batches": "onnxruntime, whole", "onnxruntime_slices": f"onnxruntime, slices of {features.engine.CPU_ENGINE_BATCH}, decoding in turn",
+               "onnxruntime_slices_decoding_ahead": f"onnxruntime, slices of {features.engine.CPU_ENGINE_BATCH}, decoding ahead",
                "onnxruntime_worker": "onnxruntime + 1", "course": "course default"}
 
 
@@ -320,8 +318,8 @@ rates): {r['export_seconds']} s.
 ## Engines side by side (img/s, end to end)
 
 {md_table(r['engines'])}
-The course default is ONNX Runtime in slices of {runtime.CPU_ENGINE_BATCH}, decoding
-{'ahead on a background thread' if runtime.CPU_DECODE_AHEAD else 'in turn (runtime.CPU_DECODE_AHEAD is off)'}.
+The course default is ONNX Runtime in slices of {features.engine.CPU_ENGINE_BATCH}, decoding
+{'ahead on a background thread' if features.engine.CPU_DECODE_AHEAD else 'in turn (features.engine.CPU_DECODE_AHEAD is off)'}.
 
 ## Where the time goes (ms per image, each part measured apart)
 

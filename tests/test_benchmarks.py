@@ -20,7 +20,8 @@ from torchvision import datasets, transforms
 from benchmarks import SECTIONS, extraction
 from benchmarks import __main__ as cli
 from benchmarks.common import Section, md_table, ratio, run_measured, write_section
-from tlcourse import data, features, models, runtime
+from tlcourse import cpu_threads, data, features, models, runtime
+from tlcourse.features import engine as engine_mod
 from tlcourse.models import BackboneSpec
 
 TINY = BackboneSpec(name="tiny-bench", family="test", arch="tiny", head="fc",
@@ -121,33 +122,37 @@ def test_extraction_thread_choice_restores_and_matches(tiny: Tiny, jpegs: Path) 
     """The eager engine times its thread count; ONNX Runtime (the CPU default) uses a fixed one."""
     ds = datasets.ImageFolder(str(jpegs), transform=transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]))
     before = torch.get_num_threads()
-    eager = runtime.device_settings("cpu", inference=True, engine="eager", batch_size=2)
-    auto, _ = features.extract_features(tiny, ds, device=eager, progress=False)
+    timed = features.extract_features(tiny, ds, batch_size=2, engine="eager", progress=False)
+    auto, report = timed.features, timed.report
     assert torch.get_num_threads() == before
-    assert runtime.LAST_EXTRACTION["threads"] in {1, before} and runtime.LAST_EXTRACTION["engine"] == "eager"
+    assert report.threads in {1, before} and report.engine == "eager"
     if before > 1:
-        assert set(runtime.LAST_EXTRACTION["rates"]) == {1, before}
-    eager_one = runtime.device_settings("cpu", inference=True, engine="eager", batch_size=2, threads=1)
-    one, _ = features.extract_features(tiny, ds, device=eager_one, progress=False)
-    assert runtime.LAST_EXTRACTION == {"threads": 1, "rates": {}, "engine": "eager", "workers": eager_one.workers,
-                                       "decode_ahead": False}
+        assert set(report.rates) == {1, before}
+    eager_one = features.engine_settings("cpu", engine="eager", threads=1)
+    fixed = features.extract_features(tiny, ds, batch_size=2, engine=eager_one, progress=False)
+    one = fixed.features
+    assert fixed.report == features.ExtractionReport(threads=1, rates={}, engine="eager", workers=eager_one.workers,
+                                                     decode_ahead=False)
     torch.testing.assert_close(auto, one)
-    ort, _ = features.extract_features(tiny, ds, batch_size=2, threads=1, progress=False)
-    assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime" and runtime.LAST_EXTRACTION["threads"] == 1
+    onnx = features.extract_features(tiny, ds, batch_size=2, threads=1, progress=False)
+    ort = onnx.features
+    assert onnx.report.engine == "onnxruntime" and onnx.report.threads == 1
     assert torch.get_num_threads() == before
     torch.testing.assert_close(ort, one, atol=1e-4, rtol=1e-4)
 
 
 def test_thread_chooser_keeps_the_faster() -> None:
-    chooser = runtime.ThreadChooser(None)
+    chooser = cpu_threads.ThreadChooser(None)
     chooser.previous, chooser.trials = 4, [4, 1]
     chooser.rates = {4: 10.0, 1: 25.0}
     assert chooser.best() == 1
     chooser.rates = {4: 30.0, 1: 25.0}
     assert chooser.best() == 4
-    assert runtime.ThreadChooser(3).best() == 3
-    assert runtime.ThreadChooser(None, cpu=False).trials == []
-    assert runtime.device_settings("cpu", inference=True).threads is None
+    assert cpu_threads.ThreadChooser(3).best() == 3
+    assert cpu_threads.ThreadChooser(None, cpu=False).trials == []
+    assert features.engine_settings("cpu").threads is None
+    before = torch.get_num_threads()
+    assert cpu_threads.ThreadChooser(3).restore() == 3 and torch.get_num_threads() == before
 
 
 def test_cli_parsing() -> None:
@@ -230,16 +235,17 @@ def test_engine_rows_agree_on_generated_data(tiny: Tiny, jpegs: Path, tmp_path: 
               "onnxruntime_slices": {"engine": "onnxruntime", "workers": 0, "decode_ahead": False},
               "onnxruntime_slices_decoding_ahead": {"engine": "onnxruntime", "workers": 0, "decode_ahead": True},
               "onnxruntime_worker": {"engine": "onnxruntime", "workers": 1, "threads": 2}}.get(key, {})
-        feats, _ = features.extract_features(tiny, ds, device=extraction.settings(batch_size=2, **kw), progress=False)
+        result = features.extract_features(tiny, ds, **extraction.settings(batch_size=2, **kw), progress=False)
+        feats, report = result.features, result.report
         atol = 5e-2 if key == "bf16" else 1e-4
         torch.testing.assert_close(feats, naive, atol=atol, rtol=atol)
         if key.startswith("onnxruntime") or key == "course":
-            assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime"
+            assert report.engine == "onnxruntime"
         rows.append({"size": 16, "step": f"{prefix} row", "img_per_s": float(len(rows) + 1)})
     table = extraction._engines(rows, (16,))
     assert table == [{"size": 16, **{key: float(i + 1) for i, key in enumerate(extraction.ENGINE_ROWS)}}]
-    assert runtime.LAST_EXTRACTION["workers"] == runtime.CPU_INFERENCE_WORKERS  # the measured default
-    assert runtime.LAST_EXTRACTION["decode_ahead"] is runtime.CPU_DECODE_AHEAD
+    assert report.workers == engine_mod.CPU_INFERENCE_WORKERS  # the measured default (the course row, last)
+    assert report.decode_ahead is engine_mod.CPU_DECODE_AHEAD
 
 
 def test_training_steps_section_on_a_tiny_run(monkeypatch: pytest.MonkeyPatch) -> None:

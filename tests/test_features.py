@@ -82,7 +82,7 @@ TF = transforms.Compose([transforms.Resize(16), transforms.ToTensor()])
 
 #: The eager PyTorch route, for tests that watch the model's own forward calls (ONNX Runtime, the
 #: CPU default, runs an exported graph instead; tests/test_onnx_engine.py covers it).
-EAGER = device_settings("cpu", inference=True, engine="eager")
+EAGER = F.EngineSettings(engine="eager")
 
 
 def image_folder(root: Path, tf=TF) -> datasets.ImageFolder:
@@ -129,9 +129,9 @@ def test_a_shallow_stage_stops_the_forward_early(folder: Path):
     model = make_tiny()
     deep_calls = []
     model.block2.register_forward_hook(lambda *a: deep_calls.append(1))
-    F.extract_features(model, image_folder(folder), layer="block1", batch_size=5, progress=False, device=EAGER)
+    F.extract_features(model, image_folder(folder), layer="block1", batch_size=5, progress=False, engine=EAGER)
     assert deep_calls == [], "block2 ran although only block1 was needed"
-    F.extract_features(model, image_folder(folder), layer=None, batch_size=5, progress=False, device=EAGER)
+    F.extract_features(model, image_folder(folder), layer=None, batch_size=5, progress=False, engine=EAGER)
     assert len(deep_calls) == 2
 
 
@@ -175,10 +175,10 @@ def test_extraction_accepts_device_settings(folder: Path):
 
 def test_a_cache_hit_returns_identical_tensors_without_running_the_model(folder: Path, tmp_path: Path):
     model = make_tiny()
-    first = F.cached_features(model, image_folder(folder), root=tmp_path / "cache", progress=False, device=EAGER)
+    first = F.cached_features(model, image_folder(folder), root=tmp_path / "cache", progress=False, engine=EAGER)
     assert not first.hit and first.path.is_file() and model.calls > 0
     calls = model.calls
-    second = F.cached_features(model, image_folder(folder), root=tmp_path / "cache", progress=False, device=EAGER)
+    second = F.cached_features(model, image_folder(folder), root=tmp_path / "cache", progress=False, engine=EAGER)
     assert second.hit and model.calls == calls, "a hit must not run the model"
     assert torch.equal(first.features, second.features) and torch.equal(first.labels, second.labels)
     assert not list((tmp_path / "cache").glob("*.tmp")), "no temporary files are left behind"
@@ -281,10 +281,10 @@ def test_an_unreadable_cache_file_is_recomputed(folder: Path, tmp_path: Path):
 def test_several_layers_come_from_one_pass_and_are_cached_separately(folder: Path, tmp_path: Path):
     model = make_tiny()
     sets = F.cached_stage_features(model, image_folder(folder), ["stem", "block2", None], root=tmp_path,
-                                   progress=False, device=EAGER)
+                                   progress=False, engine=EAGER)
     assert model.calls == 1 and not any(s.hit for s in sets.values())
     more = F.cached_stage_features(model, image_folder(folder), ["block2", "block1"], root=tmp_path,
-                                   progress=False, device=EAGER)
+                                   progress=False, engine=EAGER)
     assert more["block2"].hit and not more["block1"].hit and model.calls == 2
 
 

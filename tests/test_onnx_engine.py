@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tlcourse import features, models, runtime
+from tlcourse import cpu_threads, features, models, runtime
 from tlcourse.features import engine as engine_mod
 from tlcourse.models import BackboneSpec
 
@@ -67,37 +67,41 @@ def images(n: int = 10, size: int = 20, seed: int = 0) -> TensorDataset:
     return TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.arange(n) % 3)
 
 
-def eager(batch_size: int = 4) -> runtime.DeviceSettings:
-    return runtime.device_settings("cpu", inference=True, engine="eager", batch_size=batch_size, threads=1)
+#: The eager PyTorch route on one thread: the reference the engine's features must equal.
+EAGER = features.EngineSettings(engine="eager", threads=1)
 
 
 def run_both(model: nn.Module, ds: TensorDataset, layers: list[str | None], **kw: object):
-    ref, y_ref = features.extract_stage_features(model, ds, layers, device=eager(), progress=False)
+    ref, y_ref = features.extract_stage_features(model, ds, layers, batch_size=4, engine=EAGER, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the engine must not fall back silently or noisily here
-        got, y = features.extract_stage_features(model, ds, layers, batch_size=4, threads=1, progress=False, **kw)
-    assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime"
-    assert torch.equal(y, y_ref)
-    return ref, got
+        got = features.extract_stage_features(model, ds, layers, batch_size=4, threads=1, progress=False, **kw)
+    assert got.report.engine == "onnxruntime"
+    assert torch.equal(got.labels, y_ref)
+    return ref, got.features
 
 
 def test_cpu_inference_defaults_to_onnxruntime_and_others_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = runtime.device_settings("cpu", inference=True)
-    assert s.engine == runtime.CPU_ENGINE == "onnxruntime" and s.amp_dtype is None
-    assert runtime.device_settings("cpu").engine == "eager"  # training
-    assert runtime.device_settings("cpu", inference=True, bf16=True).engine == "eager"  # bf16 is eager autocast
+    s = features.engine_settings("cpu")
+    assert s.engine == engine_mod.CPU_ENGINE == "onnxruntime"
+    assert features.engine_settings(runtime.device_settings("cpu", inference=True)).engine == "onnxruntime"
+    bf16 = runtime.device_settings("cpu", inference=True, bf16=True)
+    assert features.engine_settings(bf16).engine == "eager"  # bf16 is eager autocast
+    assert not hasattr(runtime.device_settings("cpu"), "engine")  # training settings hold no engine knobs
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    cuda = runtime.device_settings("cuda", inference=True)
-    assert (cuda.engine, cuda.workers) == ("eager", 0)
+    cuda = features.engine_settings("cuda")
+    assert (cuda.engine, cuda.workers, cuda.engine_batch, cuda.decode_ahead) == ("eager", 0, None, False)
     with pytest.raises(ValueError, match="Unknown engine"):
-        runtime.DeviceSettings(device=torch.device("cpu"), engine="tensorrt")
+        features.EngineSettings(engine="tensorrt")
+    with pytest.raises(ValueError, match="Unknown engine"):
+        features.engine_settings("cpu", engine="tensorrt")
 
 
 def test_engine_threads_leave_a_core_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert runtime.engine_threads(1) == 1 and runtime.engine_threads(0) == 2
-    assert runtime.engine_threads(3) == 1 and runtime.engine_threads(1, threads=2) == 2
+    assert cpu_threads.engine_threads(1) == 1 and cpu_threads.engine_threads(0) == 2
+    assert cpu_threads.engine_threads(3) == 1 and cpu_threads.engine_threads(1, threads=2) == 2
 
 
 def test_stage_features_equal_eager_and_the_export_is_cached(tiny: TinyNet, build: Path,
@@ -157,12 +161,12 @@ def test_no_onnxruntime_falls_back_to_eager_with_a_warning(tiny: TinyNet, build:
 
     monkeypatch.setattr(engine_mod, "_import_onnxruntime", missing)
     ds = images(n=6)
-    ref, _ = features.extract_stage_features(tiny, ds, LAYERS, device=eager(), progress=False)
+    ref, _ = features.extract_stage_features(tiny, ds, LAYERS, batch_size=4, engine=EAGER, progress=False)
     with pytest.warns(RuntimeWarning, match="falls back to eager PyTorch: onnxruntime is not installed"):
-        got, _ = features.extract_stage_features(tiny, ds, LAYERS, batch_size=4, progress=False)
-    assert runtime.LAST_EXTRACTION["engine"] == "eager"
+        got = features.extract_stage_features(tiny, ds, LAYERS, batch_size=4, progress=False)
+    assert got.report.engine == "eager"
     for name in ref:
-        torch.testing.assert_close(got[name], ref[name])
+        torch.testing.assert_close(got.features[name], ref[name])
 
 
 def test_a_failed_export_falls_back_to_eager_with_a_warning(tiny: TinyNet, build: Path,
@@ -173,7 +177,7 @@ def test_a_failed_export_falls_back_to_eager_with_a_warning(tiny: TinyNet, build
     monkeypatch.setattr(torch.onnx, "export", broken)
     with pytest.warns(RuntimeWarning, match="ONNX export failed.*unsupported operator"):
         got, _ = features.extract_features(tiny, images(n=5), batch_size=4, progress=False)
-    ref, _ = features.extract_features(tiny, images(n=5), device=eager(), progress=False)
+    ref, _ = features.extract_features(tiny, images(n=5), batch_size=4, engine=EAGER, progress=False)
     torch.testing.assert_close(got, ref)
     assert not list(build.glob("onnx/*.onnx")) and not list(build.glob("onnx/.*.tmp"))  # nothing half-written kept
 
@@ -186,13 +190,17 @@ def test_a_plain_module_runs_on_the_engine_too(build: Path) -> None:
 
 
 def test_a_decoding_worker_overlaps_the_engine(tiny: TinyNet, build: Path) -> None:
-    ds = images(n=4 * runtime.WORKER_MIN_BATCHES)
-    ref, got = run_both(tiny, ds, [None])
-    expected = runtime.device_settings("cpu", inference=True).workers
-    assert runtime.LAST_EXTRACTION["workers"] == expected
-    torch.testing.assert_close(got["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
-    features.extract_features(tiny, ds, batch_size=4, num_workers=0, progress=False)
-    assert runtime.LAST_EXTRACTION["workers"] == 0  # an explicit count wins
+    ds = images(n=4 * engine_mod.WORKER_MIN_BATCHES)
+    ref, _ = features.extract_stage_features(tiny, ds, [None], batch_size=4, engine=EAGER, progress=False)
+    default = features.extract_stage_features(tiny, ds, [None], batch_size=4, threads=1, progress=False)
+    assert default.report.engine == "onnxruntime" and default.report.workers == features.engine_settings("cpu").workers
+    torch.testing.assert_close(default.features["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
+    one = features.engine_settings("cpu", workers=1, threads=1)
+    worker = features.extract_stage_features(tiny, ds, [None], batch_size=4, engine=one, progress=False)
+    assert (worker.report.engine, worker.report.workers, worker.report.decode_ahead) == ("onnxruntime", 1, False)
+    torch.testing.assert_close(worker.features["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
+    zero = features.extract_features(tiny, ds, batch_size=4, engine=one, num_workers=0, progress=False)
+    assert zero.report.workers == 0  # an explicit count wins
 
 
 def test_efficientnet_lite0_features_equal_eager(build: Path) -> None:
@@ -226,23 +234,27 @@ class ThreadRecording(torch.utils.data.Dataset):
         return self.data[i]
 
 
-def test_cpu_inference_decodes_ahead_and_runs_the_engine_in_slices() -> None:
-    s = runtime.device_settings("cpu", inference=True)
-    assert s.decode_ahead is runtime.CPU_DECODE_AHEAD and s.engine_batch == runtime.CPU_ENGINE_BATCH
-    training, eager_inference = runtime.device_settings("cpu"), eager()
-    assert not training.decode_ahead and training.engine_batch is None
+def test_cpu_inference_decodes_ahead_and_runs_the_engine_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = features.engine_settings("cpu")
+    assert s.decode_ahead is engine_mod.CPU_DECODE_AHEAD and s.engine_batch == engine_mod.CPU_ENGINE_BATCH
+    eager_inference = features.engine_settings("cpu", engine="eager")
     assert not eager_inference.decode_ahead and eager_inference.engine_batch is None
-    assert not runtime.device_settings("cpu", inference=True, workers=1).decode_ahead  # a worker decodes instead
+    monkeypatch.setattr(engine_mod, "CPU_DECODE_AHEAD", True)
+    assert features.engine_settings("cpu").decode_ahead
+    assert not features.engine_settings("cpu", workers=1).decode_ahead  # a worker decodes instead
+    assert features.engine_settings("cpu", engine_batch=None).engine_batch is None
 
 
 def test_decoding_ahead_happens_on_another_thread_in_order(tiny: TinyNet, build: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "CPU_DECODE_AHEAD", True)
+    monkeypatch.setattr(engine_mod, "CPU_DECODE_AHEAD", True)
     ds = ThreadRecording(10)
     before = torch.get_num_threads()
-    ref, y_ref = features.extract_stage_features(tiny, images(n=10), [None], device=eager(), progress=False)
-    got, y = features.extract_stage_features(tiny, ds, [None], batch_size=4, progress=False)
-    assert runtime.LAST_EXTRACTION["decode_ahead"] is True
+    ref, y_ref = features.extract_stage_features(tiny, images(n=10), [None], batch_size=4, engine=EAGER,
+                                                 progress=False)
+    result = features.extract_stage_features(tiny, ds, [None], batch_size=4, progress=False)
+    got, y = result
+    assert result.report.decode_ahead is True
     assert ds.threads and all(name.startswith("tlcourse-decode") for name in ds.threads)
     assert torch.equal(y, y_ref)  # the batches arrive in order
     torch.testing.assert_close(got["pooled"], ref["pooled"], atol=1e-4, rtol=1e-4)
@@ -256,24 +268,23 @@ def test_a_decoding_error_ahead_reaches_the_caller_and_threads_are_restored(tiny
     assert torch.get_num_threads() == before
 
     batches = []
-    with pytest.raises(KeyboardInterrupt), runtime.decoded_batches(range(5), ahead=True) as it:
+    with pytest.raises(KeyboardInterrupt), cpu_threads.decoded_batches(range(5), ahead=True) as it:
         for b in it:
             batches.append(b)
             if b == 2:
                 raise KeyboardInterrupt  # the learner stops the cell
     assert batches == [0, 1, 2] and torch.get_num_threads() == before
-    with runtime.decoded_batches(iter([]), ahead=True) as it:
+    with cpu_threads.decoded_batches(iter([]), ahead=True) as it:
         assert list(it) == []
 
 
 def test_engine_slices_give_the_whole_batch_features(tiny: TinyNet, build: Path) -> None:
     ds = images(n=10)
-    at_once = runtime.device_settings("cpu", inference=True, batch_size=10)
-    at_once.engine_batch = None
-    whole, y1 = features.extract_stage_features(tiny, ds, LAYERS, device=at_once, progress=False)
-    sliced = runtime.device_settings("cpu", inference=True, batch_size=10)
-    sliced.engine_batch = 3  # 3 + 3 + 3 + 1
-    got, y2 = features.extract_stage_features(tiny, ds, LAYERS, device=sliced, progress=False)
-    assert runtime.LAST_EXTRACTION["engine"] == "onnxruntime" and torch.equal(y1, y2)
+    at_once = features.engine_settings("cpu", engine="onnxruntime", engine_batch=None)
+    whole, y1 = features.extract_stage_features(tiny, ds, LAYERS, batch_size=10, engine=at_once, progress=False)
+    sliced = features.engine_settings("cpu", engine="onnxruntime", engine_batch=3)  # 3 + 3 + 3 + 1
+    result = features.extract_stage_features(tiny, ds, LAYERS, batch_size=10, engine=sliced, progress=False)
+    got, y2 = result
+    assert result.report.engine == "onnxruntime" and torch.equal(y1, y2)
     for name in whole:
         torch.testing.assert_close(got[name], whole[name], atol=1e-5, rtol=1e-5)

@@ -3,8 +3,10 @@
 :func:`apply_thread_policy` (a notebook's setup), :func:`one_thread` (tiny tensor ops),
 :func:`batches_on_one_thread` and :func:`decoded_batches` (decoding beside an inference engine),
 :func:`engine_threads` (ONNX Runtime's threads next to decoding workers) and
-:class:`ThreadChooser` (a long eager extraction times its first batches). The settings that
-choose between them live in :mod:`tlcourse.runtime`, which re-exports these names.
+:class:`ThreadChooser` (a long eager extraction times its first batches). This module is their
+home; :mod:`tlcourse.runtime` re-exports the two a notebook's setup uses (:func:`apply_thread_policy`,
+:func:`one_thread`). The settings that choose between them are
+:class:`tlcourse.features.EngineSettings`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LAST_EXTRACTION", "ThreadChooser", "apply_thread_policy", "batches_on_one_thread", "decoded_batches",
-           "engine_threads", "one_thread"]
+__all__ = ["ThreadChooser", "apply_thread_policy", "batches_on_one_thread", "decoded_batches", "engine_threads",
+           "one_thread"]
 
 
 def apply_thread_policy(threads: int | None = None) -> int:
@@ -104,17 +106,13 @@ def engine_threads(workers: int, threads: int | None = None) -> int:
     return max(1, (os.cpu_count() or 1) - max(0, int(workers)))
 
 
-#: How the last extraction ran: ``{"threads": used, "rates": {threads: samples/s timed}}``, plus
-#: ``engine`` and ``workers``.
-LAST_EXTRACTION: dict[str, Any] = {}
-
-
 class ThreadChooser:
     """Chooses the CPU thread count of a long loop by timing its first batches.
 
     The first batch warms up; the next runs with every thread, the one after with one; the rest
     use the faster. A fixed ``threads`` skips the trials. :meth:`restore` puts back the
-    process's previous setting and records the choice in :data:`LAST_EXTRACTION`.
+    process's previous setting and returns the choice; :meth:`best` and :attr:`rates`
+    (samples/s by thread count timed) keep it for the caller's report.
     """
 
     def __init__(self, threads: int | None, cpu: bool = True) -> None:
@@ -144,7 +142,7 @@ class ThreadChooser:
             self.rates[n] = samples / max(time.perf_counter() - start, 1e-9)
             self.trials.pop(0)
 
-    def restore(self) -> None:
-        LAST_EXTRACTION.clear()
-        LAST_EXTRACTION.update(threads=self.best(), rates=dict(self.rates))
+    def restore(self) -> int:
+        """Put back the thread count the process had before, and return the count chosen."""
         torch.set_num_threads(self.previous)
+        return self.best()

@@ -1,23 +1,22 @@
 """Where and how code runs: device, seeds, precision, memory format and CPU threads.
 
-One settings object, :class:`DeviceSettings`, serves training, evaluation, feature extraction,
-the notebooks and the benchmarks. Make one with :func:`device_settings`. The training loop asks
-it to move a batch (:meth:`DeviceSettings.to_device`) and to run the forward pass
-(:meth:`DeviceSettings.autocast`); precision is decided when the settings are made, from the
-arguments given, never from what ran before.
+One settings object, :class:`DeviceSettings`, says where and in which precision a model runs, for
+training, evaluation and feature extraction alike. Make one with :func:`device_settings`. The
+training loop asks it to move a batch (:meth:`DeviceSettings.to_device`) and to run the forward
+pass (:meth:`DeviceSettings.autocast`); precision is decided when the settings are made, from the
+arguments given, never from what ran before. How a frozen backbone's forward pass runs on a CPU
+(ONNX Runtime or eager, decoding workers, threads) is the feature extractor's own business:
+:class:`tlcourse.features.EngineSettings`.
 
-The CPU thread helpers live in :mod:`tlcourse.cpu_threads` and are re-exported here:
-:func:`apply_thread_policy` (a notebook's setup), :func:`one_thread` (tiny tensor ops),
-:func:`decoded_batches` (decoding beside an inference engine), :class:`ThreadChooser` (a long eager
-extraction picks its thread count by timing) and :func:`engine_threads`.
+Two CPU thread helpers a notebook's setup uses are re-exported here from :mod:`tlcourse.cpu_threads`
+(their home, where the extraction's thread helpers live too): :func:`apply_thread_policy` and
+:func:`one_thread` (tiny tensor ops).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
-import os
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -28,34 +27,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tlcourse.cpu_threads import (
-    LAST_EXTRACTION,
-    ThreadChooser,
-    apply_thread_policy,
-    batches_on_one_thread,
-    decoded_batches,
-    engine_threads,
-    one_thread,
-)
+from tlcourse.cpu_threads import apply_thread_policy, one_thread
 
 __all__ = [
     "CPU_CHANNELS_LAST",
-    "CPU_DECODE_AHEAD",
-    "CPU_ENGINE",
-    "CPU_ENGINE_BATCH",
-    "CPU_INFERENCE_WORKERS",
-    "ENGINES",
     "DeviceSettings",
-    "LAST_EXTRACTION",
-    "ThreadChooser",
-    "WORKER_MIN_BATCHES",
     "apply_thread_policy",
-    "batches_on_one_thread",
     "bf16_pays_off",
-    "decoded_batches",
     "cpu_supports_bf16",
     "device_settings",
-    "engine_threads",
     "epoch_seed",
     "make_loader",
     "one_thread",
@@ -65,31 +45,6 @@ __all__ = [
 
 #: Whether the CPU uses channels_last memory (NHWC); measured faster by ``benchmarks/``.
 CPU_CHANNELS_LAST = True
-
-#: The engines a frozen backbone's forward pass can run on.
-ENGINES = ("eager", "onnxruntime")
-
-#: The CPU's inference engine for frozen backbones (``tlcourse.features.engine``); eager
-#: PyTorch stays the route on CUDA/MPS and the fallback when an export fails.
-CPU_ENGINE = "onnxruntime"
-
-#: Decode the next batch on a background thread while ONNX Runtime computes this one (whose
-#: threads then stop spinning between operators). Off: on the course's 2-core CPU it was no faster
-#: at 224 px and slower at 160 px (``python -m benchmarks --only extraction`` has both rows); the
-#: engine needs both cores. Turn it on where cores are to spare.
-CPU_DECODE_AHEAD = False
-
-#: ONNX Runtime runs a CPU batch in slices of this many images, so the activations of a few
-#: images stay in the cache; the README's Performance section has the measurement
-#: (``python -m benchmarks --only extraction``). ``None``: the whole batch at once.
-CPU_ENGINE_BATCH: int | None = 4
-
-#: DataLoader workers that decode images while a CPU inference engine computes; a worker costs
-#: a process start, so loaders with fewer batches than ``WORKER_MIN_BATCHES`` decode in-process.
-#: 0: on a 2-core CPU the engine on every core beat a decoding worker beside it (the
-#: ``extraction`` benchmark has both rows); raise it on machines with cores to spare.
-CPU_INFERENCE_WORKERS = 0
-WORKER_MIN_BATCHES = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,13 +145,8 @@ class DeviceSettings:
         pin_memory: what loaders built by :func:`make_loader` use.
         batch_size: a starting batch size for this device and purpose.
         cudnn_benchmark: let cuDNN time its algorithms for fixed input shapes.
-        threads: CPU threads for inference; ``None`` lets :class:`ThreadChooser` time it
-            (eager) or :func:`engine_threads` choose it (ONNX Runtime).
-        engine: ``"onnxruntime"`` (frozen-backbone inference on a CPU) or ``"eager"`` PyTorch.
-        workers: DataLoader workers that decode while the model computes (inference loaders).
-        decode_ahead: decode the next batch on a background thread while the inference engine
-            computes this one (:func:`decoded_batches`).
-        engine_batch: the inference engine's slice of a batch (``None``: the whole batch).
+
+    The CPU inference engine's knobs are not here: :class:`tlcourse.features.EngineSettings`.
     """
 
     device: torch.device
@@ -207,16 +157,9 @@ class DeviceSettings:
     pin_memory: bool = False
     batch_size: int = 32
     cudnn_benchmark: bool = False
-    threads: int | None = None
-    engine: str = "eager"
-    workers: int = 0
-    decode_ahead: bool = False
-    engine_batch: int | None = None
     scaler: torch.amp.GradScaler | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"Unknown engine {self.engine!r}; use one of {ENGINES}")
         if self.grad_scaler and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type)
 
@@ -279,9 +222,6 @@ def device_settings(
     channels_last: bool | None = None,
     batch_size: int | None = None,
     bf16: bool | None = None,
-    threads: int | None = None,
-    engine: str | None = None,
-    workers: int | None = None,
 ) -> DeviceSettings:
     """The settings for ``device`` (``None``/``"auto"``: :func:`select_device`).
 
@@ -289,26 +229,19 @@ def device_settings(
     device's default: on CUDA, bf16 autocast (fp16 with a loss scaler before Ampere); on the CPU
     and MPS, float32. ``True`` asks for bf16 autocast (on a CPU it pays off for dense networks on
     CPUs with native bf16: :func:`bf16_pays_off`, :func:`cpu_supports_bf16`); ``False`` forces
-    float32. CUDA also gets channels_last, pinned memory, asynchronous copies and cuDNN benchmark.
-    The CPU gets channels_last; its inference runs float32 on :data:`CPU_ENGINE` in slices of
-    :data:`CPU_ENGINE_BATCH` images, decoding ahead on a thread (:data:`CPU_DECODE_AHEAD`) or in
-    :data:`CPU_INFERENCE_WORKERS` workers (``bf16=True`` means eager bf16 autocast). ``inference=True`` gives the batch size for forward passes only (no loss
-    scaler). A ``DeviceSettings`` passed in is returned as it is, with ``batch_size`` and
-    ``threads`` applied when given.
+    float32. CUDA also gets channels_last, pinned memory, asynchronous copies and cuDNN benchmark;
+    the CPU gets channels_last. ``inference=True`` gives the batch size for forward passes only
+    (and no loss scaler); which engine runs them on a CPU is :func:`tlcourse.features.engine_settings`'
+    choice. A ``DeviceSettings`` passed in is returned as it is, with ``batch_size`` applied when
+    given (a new object: the one passed in is never changed).
     """
     if isinstance(device, DeviceSettings):
-        changes = {k: v for k, v in (("batch_size", batch_size), ("threads", threads)) if v is not None}
-        return dataclasses.replace(device, **changes) if changes else device
+        return dataclasses.replace(device, batch_size=batch_size) if batch_size is not None else device
     device = device if isinstance(device, torch.device) else select_device(device)
     cuda, cpu = device.type == "cuda", device.type == "cpu"
     amp_dtype = amp_settings(device)[1]
     if bf16 is not None:
         amp_dtype = torch.bfloat16 if bf16 else None
-    if engine is None:
-        engine = CPU_ENGINE if cpu and inference and amp_dtype is None else "eager"
-    if workers is None:
-        workers = CPU_INFERENCE_WORKERS if cpu and inference and _workers_pay_off() else 0
-    cpu_engine = cpu and inference and engine == "onnxruntime"
     if channels_last is None:
         channels_last = cuda or (cpu and CPU_CHANNELS_LAST)
     if inference:
@@ -324,11 +257,6 @@ def device_settings(
         pin_memory=cuda,
         batch_size=int(batch_size or default_batch),
         cudnn_benchmark=cuda,
-        threads=threads,
-        engine=engine,
-        workers=int(workers),
-        decode_ahead=cpu_engine and CPU_DECODE_AHEAD and not workers,
-        engine_batch=CPU_ENGINE_BATCH if cpu_engine else None,
     )
 
 
@@ -350,8 +278,3 @@ def make_loader(
                       shuffle=shuffle if sampler is None else False, sampler=sampler,
                       pin_memory=settings.pin_memory, **kwargs)
 
-
-def _workers_pay_off() -> bool:
-    """A decoding worker helps with a spare core, and only where workers fork: other start
-    methods pickle the dataset, which fails for classes defined in a notebook."""
-    return (os.cpu_count() or 1) > 1 and multiprocessing.get_all_start_methods()[0] == "fork"

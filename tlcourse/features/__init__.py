@@ -7,8 +7,9 @@ it once:
 - :mod:`~tlcourse.features.extract`: :func:`extract_features` / :func:`extract_stage_features`,
   one pooled vector per image and layer, from one forward pass that stops after the deepest
   stage asked for;
-- :mod:`~tlcourse.features.engine`: on a CPU that pass runs on ONNX Runtime, exported once per
-  backbone weights, layers and input size into ``build/onnx``;
+- :mod:`~tlcourse.features.engine`: :class:`EngineSettings` (how that pass runs: made by
+  :func:`engine_settings`); on a CPU it runs on ONNX Runtime, exported once per backbone weights,
+  layers and input size into ``build/onnx``;
 - :mod:`~tlcourse.features.cache`: :func:`cached_features` keeps them on disk under a key of
   everything they depend on (weights, preprocessing, layer, the images themselves);
 - :mod:`~tlcourse.features.probes`: :func:`train_linear_probe` (the course's training loop),
@@ -24,8 +25,8 @@ from tlcourse.features.cache import (
     cached_stage_features,
     dataset_fingerprint,
 )
-from tlcourse.features.engine import EngineUnavailable, OnnxFeatures, onnx_path
-from tlcourse.features.extract import POOLED, extract_features, extract_stage_features
+from tlcourse.features.engine import EngineSettings, EngineUnavailable, OnnxFeatures, engine_settings, onnx_path
+from tlcourse.features.extract import POOLED, Extraction, ExtractionReport, extract_features, extract_stage_features
 from tlcourse.features.neighbours import *  # noqa: F403  (near_duplicates, duplicate_groups, keep_one_per_group)
 from tlcourse.features.probes import (
     fit_logistic_regression,
@@ -37,7 +38,10 @@ from tlcourse.features.probes import (
 __all__ = [
     "CACHE_FORMAT",
     "POOLED",
+    "EngineSettings",
     "EngineUnavailable",
+    "Extraction",
+    "ExtractionReport",
     "FeatureSet",
     "OnnxFeatures",
     "backbone_fingerprint",
@@ -45,6 +49,7 @@ __all__ = [
     "cached_features",
     "cached_stage_features",
     "dataset_fingerprint",
+    "engine_settings",
     "extract_features",
     "extract_stage_features",
     "fit_logistic_regression",

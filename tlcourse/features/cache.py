@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from tlcourse._io import DamagedFileError, atomic_save, read_or_explain, read_torch
+from tlcourse.features.engine import EngineSettings
 from tlcourse.features.extract import POOLED, extract_stage_features, has_backbone_spec
 from tlcourse.models import backbone_spec, build_backbone, state_dict_fingerprint
 from tlcourse.paths import build_dir
@@ -229,6 +230,7 @@ def cached_stage_features(
     content: bool = False,
     batch_size: int | None = None,
     device: str | torch.device | DeviceSettings | None = None,
+    engine: EngineSettings | str | None = None,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, FeatureSet]:
@@ -258,7 +260,7 @@ def cached_stage_features(
         start = time.perf_counter()
         feats, labels = extract_stage_features(
             model, data, [None if n == POOLED else n for n in missing], batch_size=batch_size,
-            device=device, num_workers=num_workers, progress=progress)
+            device=device, engine=engine, num_workers=num_workers, progress=progress)
         seconds = time.perf_counter() - start
         for name in missing:
             fs = result[name]
@@ -281,6 +283,7 @@ def cached_features(
     content: bool = False,
     batch_size: int | None = None,
     device: str | torch.device | DeviceSettings | None = None,
+    engine: EngineSettings | str | None = None,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> FeatureSet:
@@ -296,11 +299,13 @@ def cached_features(
         dataset_id: identifies the contents yourself, for datasets :func:`dataset_fingerprint`
             does not know.
         content: fingerprint image files by their SHA-256 instead of size + mtime.
+        device, engine: where and how a missing entry is extracted
+            (:func:`~tlcourse.features.extract_features`); they do not change the key.
 
     Returns:
         a :class:`FeatureSet`; ``.hit`` says whether it came from the cache.
     """
     return cached_stage_features(
         model, dataset, [layer], transform=transform, root=root, dataset_id=dataset_id, content=content,
-        batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+        batch_size=batch_size, device=device, engine=engine, num_workers=num_workers, progress=progress,
     )[POOLED if layer is None else layer]

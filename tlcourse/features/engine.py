@@ -1,4 +1,9 @@
-"""ONNX Runtime as the CPU engine of a frozen backbone: export once, keep the file, run it.
+"""The CPU inference engine of a frozen backbone: its settings, and ONNX Runtime to run it.
+
+:class:`EngineSettings` holds how feature extraction runs a frozen backbone's forward pass
+(which engine, its threads and slices, who decodes the images); :func:`engine_settings` makes
+them from the CPU policy below. Training never reads them: its settings are
+:class:`tlcourse.runtime.DeviceSettings`.
 
 A frozen backbone computes the same function on every batch, so its forward pass (up to the
 requested stages, pooled) is exported to ONNX once per weights, layers and input size, kept under
@@ -13,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -26,9 +34,36 @@ from torch import nn
 from tlcourse._io import atomic_path
 from tlcourse.models import backbone_spec, state_dict_fingerprint
 from tlcourse.paths import build_dir
+from tlcourse.runtime import DeviceSettings, select_device
 
-__all__ = ["ENGINE_FORMAT", "EngineUnavailable", "OnnxFeatures", "engine_key", "export_features", "onnx_path",
-           "release_sessions"]
+__all__ = ["CPU_DECODE_AHEAD", "CPU_ENGINE", "CPU_ENGINE_BATCH", "CPU_INFERENCE_WORKERS", "ENGINES", "ENGINE_FORMAT",
+           "WORKER_MIN_BATCHES", "EngineSettings", "EngineUnavailable", "OnnxFeatures", "engine_key", "engine_settings",
+           "export_features", "onnx_path", "release_sessions"]
+
+#: The engines a frozen backbone's forward pass can run on.
+ENGINES = ("eager", "onnxruntime")
+
+#: The CPU's inference engine for frozen backbones; eager PyTorch stays the route on CUDA/MPS, in
+#: bf16, and the fallback when an export fails.
+CPU_ENGINE = "onnxruntime"
+
+#: Decode the next batch on a background thread while ONNX Runtime computes this one (whose
+#: threads then stop spinning between operators). Off: on the course's 2-core CPU it was no faster
+#: at 224 px and slower at 160 px (``python -m benchmarks --only extraction`` has both rows); the
+#: engine needs both cores. Turn it on where cores are to spare: ``engine_settings(decode_ahead=True)``.
+CPU_DECODE_AHEAD = False
+
+#: ONNX Runtime runs a CPU batch in slices of this many images, so the activations of a few
+#: images stay in the cache; docs/performance.md has the measurement
+#: (``python -m benchmarks --only extraction``). ``None``: the whole batch at once.
+CPU_ENGINE_BATCH: int | None = 4
+
+#: DataLoader workers that decode images while a CPU inference engine computes; a worker costs
+#: a process start, so loaders with fewer batches than ``WORKER_MIN_BATCHES`` decode in-process.
+#: 0: on a 2-core CPU the engine on every core beat a decoding worker beside it (the
+#: ``extraction`` benchmark has both rows); ask for more with ``engine_settings(workers=N)``.
+CPU_INFERENCE_WORKERS = 0
+WORKER_MIN_BATCHES = 4
 
 #: Bumped when the exported graph's meaning changes: older files are then ignored.
 ENGINE_FORMAT = 1
@@ -44,6 +79,72 @@ _MAX_SESSIONS = 4
 
 #: ``x -> {layer: pooled features}``: one forward pass of the backbone (``extract._capture``).
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How feature extraction runs a frozen backbone's forward pass (made by :func:`engine_settings`).
+
+    Attributes:
+        engine: ``"onnxruntime"`` (a CPU in float32) or ``"eager"`` PyTorch (anywhere).
+        threads: CPU threads; ``None`` lets :func:`tlcourse.cpu_threads.engine_threads` choose
+            them (ONNX Runtime) or :class:`tlcourse.cpu_threads.ThreadChooser` time them (eager).
+        workers: DataLoader workers that decode while the engine computes.
+        decode_ahead: decode the next batch on a background thread meanwhile instead.
+        engine_batch: ONNX Runtime's slice of a batch (``None``: the whole batch).
+    """
+
+    engine: str = "eager"
+    threads: int | None = None
+    workers: int = 0
+    decode_ahead: bool = False
+    engine_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"Unknown engine {self.engine!r}; use one of {ENGINES}")
+
+
+def _workers_pay_off() -> bool:
+    """A decoding worker helps with a spare core, and only where workers fork: other start
+    methods pickle the dataset, which fails for classes defined in a notebook."""
+    return (os.cpu_count() or 1) > 1 and multiprocessing.get_all_start_methods()[0] == "fork"
+
+
+def engine_settings(
+    device: str | torch.device | DeviceSettings | None = None,
+    *,
+    engine: str | None = None,
+    threads: int | None = None,
+    workers: int | None = None,
+    decode_ahead: bool | None = None,
+    engine_batch: int | None | EllipsisType = ...,
+) -> EngineSettings:
+    """The inference engine's settings for ``device`` (a ``DeviceSettings`` brings its precision).
+
+    Each argument left out follows the CPU policy: on a CPU in float32, :data:`CPU_ENGINE` in
+    slices of :data:`CPU_ENGINE_BATCH` images (``engine_batch=...``), decoding ahead on a thread
+    (:data:`CPU_DECODE_AHEAD`) or in :data:`CPU_INFERENCE_WORKERS` workers; eager PyTorch on a
+    GPU, on MPS and in bf16 (ONNX Runtime runs only on the CPU, only in float32).
+    """
+    settings = device if isinstance(device, DeviceSettings) else None
+    if settings is not None:
+        where = settings.device
+    else:
+        where = device if isinstance(device, torch.device) else select_device(device)  # type: ignore[arg-type]
+    cpu = where.type == "cpu"
+    float32 = settings is None or settings.amp_dtype is None  # a device name: its default, float32 on a CPU
+    if engine is None:
+        engine = CPU_ENGINE if cpu and float32 else "eager"
+    if workers is None:
+        workers = CPU_INFERENCE_WORKERS if cpu and _workers_pay_off() else 0
+    on_engine = cpu and engine == "onnxruntime"
+    if decode_ahead is None:
+        decode_ahead = on_engine and CPU_DECODE_AHEAD and not workers
+    if engine_batch is ...:
+        engine_batch = CPU_ENGINE_BATCH if on_engine else None
+    return EngineSettings(engine=engine, threads=threads, workers=int(workers), decode_ahead=bool(decode_ahead),
+                          engine_batch=engine_batch)
 
 
 class EngineUnavailable(RuntimeError):
@@ -128,7 +229,7 @@ class OnnxFeatures:
         threads: ONNX Runtime's intra-op threads.
         spin: let idle engine threads spin; off when a decoding thread or worker needs a core too.
         batch: run a batch in slices of this many images (``None``: all at once); smaller
-            slices keep the activations in the CPU cache (``runtime.CPU_ENGINE_BATCH``).
+            slices keep the activations in the CPU cache (:data:`CPU_ENGINE_BATCH`).
         root: the folder of the exported files (default ``build/onnx``).
     """
 

@@ -3,43 +3,75 @@
 The final pooled features (``layer=None``, the vectors the head classifies) or a stage's
 feature map, global-average pooled (``layer="blocks.3"``). Several layers come out of one
 forward pass (:func:`extract_stage_features`), and the forward stops after the deepest stage
-asked for. Device, precision, batch size and CPU threads follow
-``runtime.device_settings(..., inference=True)``: on a CPU the pass runs on ONNX Runtime
+asked for. Device, precision and batch size follow ``runtime.device_settings(..., inference=True)``;
+the engine follows :func:`tlcourse.features.engine_settings`: on a CPU the pass runs on ONNX Runtime
 (:mod:`tlcourse.features.engine`, exported once per weights, layers and input size), with the
-images decoded in the same process (``runtime.CPU_INFERENCE_WORKERS`` and ``CPU_DECODE_AHEAD``
-say why); eager PyTorch runs on CUDA/MPS, in bf16, and whenever the export fails (with a one-line
-warning saying why).
+images decoded in the same process (``engine.CPU_INFERENCE_WORKERS`` and ``CPU_DECODE_AHEAD`` say
+why); eager PyTorch runs on CUDA/MPS, in bf16, and whenever the export fails (with a one-line
+warning saying why). Both functions return an :class:`Extraction`: it unpacks as
+``features, labels`` and carries a :class:`ExtractionReport` of how the pass ran.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tlcourse.features.engine import EngineUnavailable, OnnxFeatures
+from tlcourse.cpu_threads import ThreadChooser, decoded_batches, engine_threads
+from tlcourse.features.engine import (
+    WORKER_MIN_BATCHES,
+    EngineSettings,
+    EngineUnavailable,
+    OnnxFeatures,
+    engine_settings,
+)
 from tlcourse.hooks import capture
 from tlcourse.models import backbone_spec, head_of, stage_layers
-from tlcourse.runtime import (
-    LAST_EXTRACTION,
-    WORKER_MIN_BATCHES,
-    DeviceSettings,
-    ThreadChooser,
-    decoded_batches,
-    device_settings,
-    engine_threads,
-)
+from tlcourse.runtime import DeviceSettings, device_settings
 
-__all__ = ["POOLED", "extract_features", "extract_stage_features"]
+__all__ = ["POOLED", "Extraction", "ExtractionReport", "extract_features", "extract_stage_features"]
 
 #: The name of the "layer" that is the head's input (the final pooled features).
 POOLED = "pooled"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExtractionReport:
+    """How one extraction ran: the engine, the decoding workers, decoding ahead, the threads used,
+    and the samples/s of each thread count timed (eager PyTorch only; empty otherwise)."""
+
+    engine: str
+    workers: int
+    decode_ahead: bool
+    threads: int
+    rates: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Extraction(Generic[T]):
+    """What an extraction returns: unpacks as ``features, labels``; ``.report`` says how it ran."""
+
+    features: T
+    labels: torch.Tensor
+    report: ExtractionReport
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.features
+        yield self.labels
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.features, self.labels)[index]
 
 
 def global_pool(x: Any) -> torch.Tensor:
@@ -93,17 +125,18 @@ def _capture(model: nn.Module, layers: Sequence[str | None]) -> Iterator[Callabl
         yield run
 
 
-def _as_loader(data: DataLoader | Dataset, settings: DeviceSettings, num_workers: int | None) -> Iterable[Any]:
+def _as_loader(data: DataLoader | Dataset, settings: DeviceSettings, workers: int,
+               num_workers: int | None) -> Iterable[Any]:
     """``data`` itself when it is a DataLoader, else an in-order loader of it.
 
-    ``num_workers=None`` follows ``settings.workers``, except for loaders too short to repay a
+    ``num_workers=None`` follows the engine's ``workers``, except for loaders too short to repay a
     worker process's start.
     """
     if isinstance(data, DataLoader):
         return data
     if num_workers is None:
         batches = -(-len(data) // settings.batch_size)  # type: ignore[arg-type]
-        num_workers = settings.workers if batches >= WORKER_MIN_BATCHES else 0
+        num_workers = workers if batches >= WORKER_MIN_BATCHES else 0
     return DataLoader(data, batch_size=settings.batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=settings.pin_memory)
 
@@ -125,6 +158,13 @@ def _engine_features(engine: OnnxFeatures, inputs: torch.Tensor) -> dict[str, to
         return None
 
 
+def _engine_of(settings: DeviceSettings, engine: EngineSettings | str | None, threads: int | None) -> EngineSettings:
+    """The engine settings of an extraction: given, named, or the CPU policy; ``threads`` wins."""
+    if not isinstance(engine, EngineSettings):
+        engine = engine_settings(settings, engine=engine)
+    return dataclasses.replace(engine, threads=threads) if threads is not None else engine
+
+
 def extract_stage_features(
     model: nn.Module,
     data: DataLoader | Dataset,
@@ -132,10 +172,11 @@ def extract_stage_features(
     *,
     batch_size: int | None = None,
     device: str | torch.device | DeviceSettings | None = None,
+    engine: EngineSettings | str | None = None,
     num_workers: int | None = None,
     progress: bool = True,
     threads: int | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+) -> Extraction[dict[str, torch.Tensor]]:
     """Features of several layers from one pass over ``data``: ``({layer: (N, D)}, labels (N,))``.
 
     ``layers`` holds stage names (``backbone_spec(model).stage_names``) and/or ``None`` for the
@@ -144,54 +185,57 @@ def extract_stage_features(
     ``torch.inference_mode`` with the device's settings (channels_last, autocast); its previous
     train/eval mode is restored afterwards.
 
-    On a CPU (``settings.engine == "onnxruntime"``) ONNX Runtime computes the features with
-    :func:`runtime.engine_threads` threads in slices of ``settings.engine_batch`` images, while a
-    background thread decodes the next batch (``settings.decode_ahead``) or ``settings.workers``
-    DataLoader workers decode (``num_workers=None``; an explicit count wins). Eager PyTorch (CUDA/MPS, bf16, or the fallback)
-    picks its CPU thread count by timing the first batches (``runtime.ThreadChooser``) when
-    ``threads=None``; the process's setting is restored. :data:`runtime.LAST_EXTRACTION` records
-    the engine, workers and threads used.
+    ``engine`` is an :class:`EngineSettings`, an engine's name or ``None`` (the CPU policy of
+    :func:`engine_settings` for ``device``). On ONNX Runtime (a CPU, float32) the features come
+    with :func:`~tlcourse.cpu_threads.engine_threads` threads in slices of ``engine.engine_batch``
+    images, while a background thread decodes the next batch (``engine.decode_ahead``) or
+    ``engine.workers`` DataLoader workers decode (``num_workers=None``; an explicit count wins).
+    Eager PyTorch (CUDA/MPS, bf16, or the fallback) picks its CPU thread count by timing the first
+    batches (:class:`~tlcourse.cpu_threads.ThreadChooser`) unless ``threads`` (or
+    ``engine.threads``) fixes it; the process's setting is restored. The returned
+    :class:`Extraction` unpacks as ``features, labels``; its ``report`` records how the pass ran.
     """
-    settings = device_settings(device, inference=True, batch_size=batch_size, threads=threads)
+    settings = device_settings(device, inference=True, batch_size=batch_size)
+    knobs = _engine_of(settings, engine, threads)
     cpu = settings.device.type == "cpu"
-    chooser = ThreadChooser(settings.threads, cpu=cpu)
-    loader = _as_loader(data, settings, num_workers)
+    chooser = ThreadChooser(knobs.threads, cpu=cpu)
+    loader = _as_loader(data, settings, knobs.workers, num_workers)
     workers = int(getattr(loader, "num_workers", 0))
     was_training = model.training
     settings.prepare(model.eval())
     outputs: dict[str, list[torch.Tensor]] = {POOLED if name is None else name: [] for name in layers}
     labels: list[torch.Tensor] = []
-    use_engine = cpu and settings.engine == "onnxruntime" and settings.amp_dtype is None
-    ahead = use_engine and settings.decode_ahead and workers == 0
-    engine: OnnxFeatures | None = None
+    use_engine = cpu and knobs.engine == "onnxruntime" and settings.amp_dtype is None
+    ahead = use_engine and knobs.decode_ahead and workers == 0
+    onnx: OnnxFeatures | None = None
     try:
         with torch.inference_mode(), settings.autocast(), _capture(model, layers) as run, \
                 decoded_batches(loader, ahead=ahead) as batches:
             if use_engine:
-                engine = OnnxFeatures(model, list(outputs), run, threads=engine_threads(workers, settings.threads),
-                                      spin=workers == 0 and not ahead, batch=settings.engine_batch)
+                onnx = OnnxFeatures(model, list(outputs), run, threads=engine_threads(workers, knobs.threads),
+                                    spin=workers == 0 and not ahead, batch=knobs.engine_batch)
             for inputs, targets in tqdm(batches, desc="features", disable=not progress,
                                         leave=False, total=_length(loader)):
-                found = _engine_features(engine, inputs) if engine is not None else None
+                found = _engine_features(onnx, inputs) if onnx is not None else None
                 if found is None:
-                    engine = None
+                    onnx = None
                     chooser.before_batch()
                     found = run(settings.to_device(inputs))
                 for name, feats in found.items():
                     outputs[name].append(feats.float().cpu())
                 labels.append(torch.as_tensor(targets).long().cpu())
-                if engine is None:
+                if onnx is None:
                     chooser.after_batch(len(labels[-1]))
     finally:
-        chooser.restore()
+        eager_threads = chooser.restore()
         model.train(was_training)
-    LAST_EXTRACTION.update(engine="onnxruntime" if engine is not None else "eager", workers=workers,
-                           decode_ahead=ahead)
-    if engine is not None:
-        LAST_EXTRACTION.update(threads=engine.threads, rates={})
+    if onnx is not None:
+        report = ExtractionReport("onnxruntime", workers, ahead, onnx.threads)
+    else:
+        report = ExtractionReport("eager", workers, ahead, eager_threads, dict(chooser.rates))
     if not labels:
         raise ValueError("No samples to extract features from (empty dataset or loader)")
-    return {n: torch.cat(v) for n, v in outputs.items()}, torch.cat(labels)
+    return Extraction({n: torch.cat(v) for n, v in outputs.items()}, torch.cat(labels), report)
 
 
 def extract_features(
@@ -201,16 +245,19 @@ def extract_features(
     layer: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | DeviceSettings | None = None,
+    engine: EngineSettings | str | None = None,
     num_workers: int | None = None,
     progress: bool = True,
     threads: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Extraction[torch.Tensor]:
     """Features (N, D) float32 and labels (N,) int64 of every sample in ``data`` (in order).
 
     ``layer=None`` gives the final pooled features, the vectors the head classifies; a stage name
     (e.g. ``"blocks.3"``) gives that stage's feature map, global-average pooled to one vector per
     image. ``data`` is a Dataset (batched here, in order) or a DataLoader (used as it is).
+    ``engine`` as in :func:`extract_stage_features`; the result unpacks as ``features, labels``
+    and carries ``.report``.
     """
-    feats, labels = extract_stage_features(model, data, [layer], batch_size=batch_size, device=device,
-                                           num_workers=num_workers, progress=progress, threads=threads)
-    return feats[POOLED if layer is None else layer], labels
+    found = extract_stage_features(model, data, [layer], batch_size=batch_size, device=device, engine=engine,
+                                   num_workers=num_workers, progress=progress, threads=threads)
+    return Extraction(found.features[POOLED if layer is None else layer], found.labels, found.report)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from tlcourse.runtime import one_thread
+from tlcourse.cpu_threads import one_thread
 from tlcourse.train import evaluate, train_one_epoch
 
 __all__ = ["fit_logistic_regression", "nearest_neighbours", "probe_accuracy_cv", "train_linear_probe"]

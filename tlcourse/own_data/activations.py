@@ -31,13 +31,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tlcourse._io import DamagedFileError, atomic_save, read_or_explain, read_torch
+from tlcourse.cpu_threads import ThreadChooser, decoded_batches, engine_threads
 from tlcourse.data import load_rgb
-from tlcourse.features import EngineUnavailable, OnnxFeatures, backbone_fingerprint
+from tlcourse.features import EngineUnavailable, OnnxFeatures, backbone_fingerprint, engine_settings
 from tlcourse.features.engine import release_sessions
 from tlcourse.features.extract import global_pool
 from tlcourse.hooks import capture
 from tlcourse.models import Preprocessing, backbone_spec, head_of, stage_layers
-from tlcourse.runtime import ThreadChooser, decoded_batches, device_settings, engine_threads
+from tlcourse.runtime import device_settings
 from tlcourse.stages import StageSplit
 
 __all__ = ["PASS_FORMAT", "ImageFiles", "Views", "backbone_pass", "pass_is_cached"]
@@ -164,15 +165,16 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
     model.eval()
     hooks, run = _forward(model, early, cut)
     settings = device_settings(device, inference=True)
+    knobs = engine_settings(settings, workers=0)  # the loader below decodes in this process
     home = next(model.parameters()).device
     model.to(settings.device)
     engine: OnnxFeatures | None = None
-    if settings.engine == "onnxruntime":
-        engine = OnnxFeatures(model, names, run, threads=engine_threads(0), spin=not settings.decode_ahead,
-                              batch=settings.engine_batch)
-    eager_threads = ThreadChooser(None)  # made before decoded_batches holds torch at one thread
+    if knobs.engine == "onnxruntime":
+        engine = OnnxFeatures(model, names, run, threads=engine_threads(0, knobs.threads), spin=not knobs.decode_ahead,
+                              batch=knobs.engine_batch)
+    eager_threads = ThreadChooser(knobs.threads)  # made before decoded_batches holds torch at one thread
     try:
-        with torch.inference_mode(), hooks, decoded_batches(loader, ahead=settings.decode_ahead) as batches:
+        with torch.inference_mode(), hooks, decoded_batches(loader, ahead=knobs.decode_ahead) as batches:
             for x, _ in tqdm(batches, total=len(loader), desc=f"{backbone_spec(model).name} features", disable=not progress, leave=False):
                 out = None
                 if engine is not None:
