@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tlcourse import decision_matrix
+from tlcourse import decision_matrix, findings
 from tlcourse.data import folder_dataset
 from tlcourse.hooks import capture
 from tlcourse.models import DEFAULT_BACKBONE, backbone_spec, build_backbone
@@ -116,6 +116,8 @@ class Recommendation:
             lines.append("also worth a try: " + ", ".join(STRATEGY_LABELS.get(a, a) for a in self.alternatives))
         if self.evidence is not None:
             lines.append(f"measured ({self.evidence.scale}): {self.evidence.verdict}")
+            lines += [f"finding {f.id}: {f.do}" for f in self.evidence.quoted
+                      if f.id.startswith("matrix.") or self.strategy in ("partial_ft", "full_ft")]
         elif self.measured_winner is not None:
             same = "the textbook's choice" if self.measured_winner == self.strategy else "not the textbook's choice"
             lines.append(f"highest mean in the results passed as measured=: "
@@ -129,7 +131,9 @@ class QuadrantEvidence:
     """What the reference run measured in one quadrant, with the scale it was measured at.
 
     ``outcome`` is "textbook", "tie" or "other" (:func:`tlcourse.decision_matrix.textbook_verdict`),
-    ``verdict`` the generated sentence with its interval, ``winner`` the highest mean.
+    ``verdict`` the generated sentence with its interval, ``winner`` the highest mean. ``quoted``
+    holds the findings (:mod:`tlcourse.findings`) the advisor quotes for the quadrant: what to do
+    there, and the pretrained layers' learning rate.
     """
 
     quadrant: str
@@ -138,6 +142,7 @@ class QuadrantEvidence:
     verdict: str
     scale: str
     source: str
+    quoted: tuple[findings.Finding, ...] = ()
 
     def __str__(self) -> str:
         return f"{quadrant_title(self.quadrant)} ({self.scale}): {self.verdict}"
@@ -158,6 +163,8 @@ def reference_evidence(path: str | os.PathLike[str] | None = None) -> dict[str, 
     path = reference_path() if path is None else path
     doc = decision_matrix.load_results(path)
     meta, rows = doc.get("meta", {}), doc["rows"]
+    source = "decision-matrix reference run"
+    found = {f.id: f for f in [*findings.matrix_findings(doc, source), *findings.lr_findings(doc, source)]}
     out = {}
     for quadrant, table in decision_matrix.summarize(rows).items():
         first = next(r for r in rows if r["quadrant"] == quadrant)
@@ -166,8 +173,9 @@ def reference_evidence(path: str | os.PathLike[str] | None = None) -> dict[str, 
         scale = (f"reference run: {first.get('dataset', '?')}, {first.get('n_per_class', '?')} images/class, "
                  f"{seeds} seed{'s' if seeds != 1 else ''}, {meta.get('backbone', '?')} at {meta.get('size', '?')} px, "
                  f"early stopping, test n={first.get('n_test', '?')}")
+        quoted = tuple(found[i] for i in (f"matrix.{quadrant}", "lr.backbone") if i in found)
         out[quadrant] = QuadrantEvidence(quadrant, decision_matrix.winners({quadrant: table})[quadrant], outcome,
-                                         sentence, scale, str(path))
+                                         sentence, scale, str(path), quoted)
     return out
 
 
@@ -175,20 +183,33 @@ def recommend(n_per_class: float, similarity: float, *, size_boundary: float = S
               similarity_boundary: float = SIMILARITY_BOUNDARY,
               measured: Mapping[str, str] | None = None,
               evidence: Mapping[str, QuadrantEvidence] | None = None) -> Recommendation:
-    """The textbook strategy for ``n_per_class`` images per class at ``similarity`` (0..1).
+    """The strategy for ``n_per_class`` images per class at ``similarity`` (0..1).
 
-    ``evidence`` (:func:`reference_evidence`) adds what the reference run measured in the quadrant,
-    with its scale. ``measured`` maps a quadrant to the highest mean of some other run; it is
-    reported with a warning that its scale may not match (prefer ``evidence``).
+    Without ``evidence`` it is the textbook's. ``evidence`` (:func:`reference_evidence`) adds what
+    the reference run measured in the quadrant, with its scale, and its finding's choice wins
+    where it names one (the textbook's choice, or the cheaper of two that tie within noise).
+    ``measured`` maps a quadrant to the highest mean of some other run; it is reported with a
+    warning that its scale may not match (prefer ``evidence``).
     The boundaries are rules of thumb, not laws: near them, try both neighbours' strategies.
     """
     quadrant = quadrant_of(n_per_class, similarity, size_boundary=size_boundary,
                            similarity_boundary=similarity_boundary)
-    advice = TEXTBOOK[quadrant]
-    return Recommendation(strategy=advice.choice, quadrant=quadrant, explanation=advice.why,
+    advice, found = TEXTBOOK[quadrant], (evidence or {}).get(quadrant)
+    # The reference run's finding for the quadrant decides where it names a strategy; the textbook's
+    # other choices stay as alternatives. Without evidence, the textbook alone speaks.
+    chosen = next((f.choice for f in found.quoted if f.id.startswith("matrix.") and f.choice), None) if found else None
+    strategy = chosen or advice.choice
+    why = advice.why
+    if strategy in advice.strategies[1:]:
+        why += f" Of the textbook's choices, the reference run found {STRATEGY_LABELS[strategy]} enough here (finding below)."
+    elif strategy != advice.choice:
+        better = any(f.measurable for f in found.quoted if f.id.startswith("matrix.")) if found else False
+        how = "better" if better else "as good within noise, and cheaper"
+        why += f" The reference run found {STRATEGY_LABELS[strategy]} {how} here (finding below)."
+    return Recommendation(strategy=strategy, quadrant=quadrant, explanation=why,
                           n_per_class=float(n_per_class), similarity=float(similarity),
-                          alternatives=advice.strategies[1:],
-                          measured_winner=(measured or {}).get(quadrant), evidence=(evidence or {}).get(quadrant))
+                          alternatives=tuple(s for s in advice.strategies if s != strategy),
+                          measured_winner=(measured or {}).get(quadrant), evidence=found)
 
 
 # --------------------------------------------------------------------------------------------

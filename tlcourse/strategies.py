@@ -72,8 +72,7 @@ TEXTBOOK: Mapping[str, Advice] = {
     "large_similar": Advice(
         ("full_ft", "partial_ft"),
         "Plenty of data, familiar images: there is enough data to adapt the network without "
-        "overfitting. Fine-tune the whole network (or its top stages) from the pretrained weights, "
-        "with a low learning rate on the pretrained layers."),
+        "overfitting. Fine-tune the whole network (or its top stages) from the pretrained weights."),
     "small_dissimilar": Advice(
         ("probe_early", "partial_ft"),
         "Little data, unfamiliar images: the deepest features are specific to ImageNet's objects, "
@@ -82,8 +81,7 @@ TEXTBOOK: Mapping[str, Advice] = {
     "large_dissimilar": Advice(
         ("full_ft",),
         "Plenty of data, unfamiliar images: retrain the whole network, but start from the "
-        "pretrained weights (they converge faster than random ones), with a low learning rate on "
-        "the pretrained layers."),
+        "pretrained weights (they converge faster than random ones)."),
 }
 
 
