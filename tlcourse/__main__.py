@@ -22,9 +22,9 @@ from tlcourse._io import DiskWriteError
 from tlcourse.course import run_course
 from tlcourse.environment import report_text
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, stage_weights, weights_status
-from tlcourse.own_data import LARGER, fit
+from tlcourse.own_data import LARGER, fit_folder
 from tlcourse.own_data.pipeline import CLI_NAMES, MAX_CROP, check_arguments
-from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir
+from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir, shown
 from tlcourse.slides import build_slides
 from tlcourse.tables import table
 
@@ -145,8 +145,8 @@ def _number(text: str | float | None) -> int | float | str | None:
 
 
 def run_fit_command(folder: str, out: str | None, budget: str | float, backbone: str, larger: Sequence[str],
-                    seed: str | int, crop: str | None, full_ft: str) -> int:
-    """Run :func:`tlcourse.own_data.fit` on a folder and print where the report is.
+                    seed: str | int, crop: str | None, full_ft: str, device: str = "auto") -> int:
+    """Run :func:`tlcourse.own_data.fit_folder` on a folder and print where the report is.
 
     The arguments are checked first, with messages that name the options (``--budget must be ...``);
     Ctrl-C ends with a line saying how to resume instead of a traceback.
@@ -157,9 +157,9 @@ def run_fit_command(folder: str, out: str | None, budget: str | float, backbone:
                     full_ft=full_ft)
     settings["larger"] = check_arguments(folder, out_dir, **settings, names=CLI_NAMES)
     try:
-        report = fit(folder, out_dir, **settings)  # type: ignore[arg-type]
+        report = fit_folder(folder, out_dir, device=device, **settings)  # type: ignore[arg-type]
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the candidates finished so far are saved in {out_dir}; run the same command again "
+        print(f"\ninterrupted: the candidates finished so far are saved in {shown(out_dir)}; run the same command again "
               "to resume from there.", file=sys.stderr)
         return 130
     except DiskWriteError as err:  # its message says it all; "[Errno 28]" in front would not help
@@ -169,7 +169,7 @@ def run_fit_command(folder: str, out: str | None, budget: str | float, backbone:
     print(table(report.candidate_table(), title="candidates, scored on validation"))
     print()
     print(report)
-    print(f"report: {out_dir / 'report.html'} (and report.json); model: {out_dir / 'model.onnx'}")
+    print(f"report: {shown(out_dir / 'report.html')} (and report.json); model: {shown(out_dir / 'model.onnx')}")
     return 0
 
 
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: the weights' own)")
     fit_cmd.add_argument("--full-ft", default="auto", choices=["auto", "always", "never"],
                          help="full fine-tuning: when the estimated time fits the budget (auto), always, never")
+    fit_cmd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                         help="where the backbone passes and fine-tunes run (default auto: the GPU when there is one)")
     return parser
 
 
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_slides_command(args.notebooks, args.source, args.out)
         if args.command == "fit":
             return run_fit_command(args.folder, args.out, args.budget, args.backbone, args.larger, args.seed,
-                                   args.crop, args.full_ft)
+                                   args.crop, args.full_ft, args.device)
         return run_env()
     except ImportError as err:
         print(f"error: this command needs a module that is not available: {err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Your own images in one call: ``fit(FOLDER, out)`` or ``python -m tlcourse fit FOLDER --out DIR``.
+"""Your own images in one call: ``fit_folder(FOLDER, out)`` or ``python -m tlcourse fit FOLDER --out DIR``.
 
 An advisor that measures instead of guessing: the textbook's prior comes from the size x
 similarity matrix, and then the candidate strategies are run on the learner's own data, cheapest
@@ -9,14 +9,14 @@ first and within a time budget, chosen on validation, tested once, exported and 
 - :mod:`.candidates`   probes, top-stage fine-tune, full fine-tune
 - :mod:`.deploy`       the chosen candidate as one network, bundle + ONNX, fresh-process checks
 - :mod:`.report`       the choice, the test, ``report.json`` and ``report.html``
-- :mod:`.pipeline`     :func:`fit`, which runs them in order
+- :mod:`.pipeline`     :func:`fit_folder`, which runs them in order
 - :mod:`.examples`     course datasets written out as plain folders (:func:`write_course_folder`)
 """
 
 from tlcourse.own_data.deploy import load_model
 from tlcourse.own_data.examples import write_course_folder
-from tlcourse.own_data.pipeline import LARGER, fit
+from tlcourse.own_data.pipeline import LARGER, fit_folder
 from tlcourse.own_data.report import FitReport
 from tlcourse.own_data.scan import FolderRefused, UserData, read_folder
 
-__all__ = ["LARGER", "FitReport", "FolderRefused", "UserData", "fit", "load_model", "read_folder", "write_course_folder"]
+__all__ = ["LARGER", "FitReport", "FolderRefused", "UserData", "fit_folder", "load_model", "read_folder", "write_course_folder"]

@@ -1,4 +1,4 @@
-"""``fit(FOLDER, out)``: from a learner's image folder to a chosen, tested and exported model.
+"""``fit_folder(FOLDER, out)``: from a learner's image folder to a chosen, tested and exported model.
 
 The steps, each announced with a line (and a progress bar where it takes a while):
 
@@ -38,10 +38,12 @@ from tlcourse.own_data.activations import ImageFiles, Views, backbone_pass, pass
 from tlcourse.own_data.candidates import FT_EPOCHS, Candidate, full_finetune, probe_candidates, top_stage_finetune
 from tlcourse.own_data.report import FitReport, finish
 from tlcourse.own_data.scan import FIT_MARKER, FolderRefused, UserData, check_folder, is_fit_output, read_folder
+from tlcourse.paths import shown
+from tlcourse.runtime import select_device
 from tlcourse.stages import split_below_top
 from tlcourse.strategies import STRATEGY_LABELS
 
-__all__ = ["CLI_NAMES", "LARGER", "MAX_CROP", "NEAR_DUPLICATE", "BadArgument", "check_arguments", "fit"]
+__all__ = ["CLI_NAMES", "LARGER", "MAX_CROP", "NEAR_DUPLICATE", "BadArgument", "check_arguments", "fit_folder"]
 
 #: The larger offline backbones tried after the main one, cheapest first.
 LARGER = ("efficientnet_lite1", "efficientnet_lite2")
@@ -206,9 +208,10 @@ def _drop_near_copies(data: UserData, views: Views, parts: dict[str, list[int]])
              "similarity": round(p.similarity, 4)} for p in pairs]
 
 
-def fit(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: float = 120.0,
-        backbone: str = DEFAULT_BACKBONE, larger: Sequence[str] = LARGER, seed: int = 0, crop: int | None = None,
-        full_ft: str = "auto", export: bool = True, progress: bool = True, echo: Callable[[str], Any] | None = print) -> FitReport:
+def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: float = 120.0,
+               backbone: str = DEFAULT_BACKBONE, larger: Sequence[str] = LARGER, seed: int = 0, crop: int | None = None,
+               full_ft: str = "auto", export: bool = True, progress: bool = True,
+               echo: Callable[[str], Any] | None = print, device: str | torch.device | None = None) -> FitReport:
     """Fit a classifier to ``folder`` and write ``out/report.json``, ``out/report.html`` and the model files.
 
     Args:
@@ -221,6 +224,8 @@ def fit(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: 
         full_ft: ``"auto"`` (when the estimated time fits the budget), ``"always"`` or ``"never"``.
         export: write and check ``model.pt`` / ``model.onnx`` (``False`` saves the export's time).
         echo: called with each decision line (``None``: silent).
+        device: where the backbone passes and the fine-tunes run (``None``/``"auto"``: the GPU when
+            there is one, else the CPU; see :func:`tlcourse.runtime.select_device`).
 
     Raises :class:`BadArgument` or :class:`~tlcourse.own_data.scan.FolderRefused` (both ``ValueError``)
     before anything is built, saying what to do; an output folder that cannot be created raises the
@@ -231,7 +236,8 @@ def fit(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: 
     log = _Log(echo)
     out = Path(out).expanduser().resolve()
     new = _make_out(out)
-    log(f"reading {folder}")
+    device = select_device(device)
+    log(f"reading {shown(folder)} (device: {device})")
     try:
         data = read_folder(folder, seed=seed)
     except FolderRefused:
@@ -253,7 +259,8 @@ def fit(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: 
     log(f"advisor: {rec.n_per_class:g} training images in the smallest class, similarity {similarity:.2f} -> "
         f"{rec.quadrant.replace('_', ' & ')}; the textbook's prior: {STRATEGY_LABELS[rec.strategy]}")
     pre = _preprocessing(backbone, crop)
-    views = backbone_pass(model, pre, data.samples, key, cache, cut=split_below_top(model, 2), progress=progress)
+    views = backbone_pass(model, pre, data.samples, key, cache, cut=split_below_top(model, 2), progress=progress,
+                          device=device)
     log(f"{backbone} features of {len(data.samples)} images and their mirror images: "
         + ("loaded from the cache" if views.hit else f"{views.seconds:.1f} s"))
     parts = {p: data.indices(p) for p in ("train", "val", "test")}
@@ -271,17 +278,19 @@ def fit(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: 
     # an epoch: forward and backward (about 3 forwards) of the top stages on the training images
     ft_cost = FT_EPOCHS * 3 * views.top_seconds * len(parts["train"]) / (2 * len(data.samples))
     run.stage("top-stage fine-tune", ft_cost,
-              lambda: top_stage_finetune(backbone, views, y, parts, len(data.classes), seed=seed, progress=progress))
+              lambda: top_stage_finetune(backbone, views, y, parts, len(data.classes), seed=seed, progress=progress,
+                                         device=device))
     for name in larger:
         big, big_pre = build_backbone(name), _preprocessing(name, crop)
         cost = 0.0 if pass_is_cached(big, big_pre, key, cache) else RELATIVE_COST.get(name, 2.0) * views.seconds
         run.stage(f"{name} probes", cost, lambda name=name, big=big, big_pre=big_pre: probe_candidates(
-            name, backbone_pass(big, big_pre, data.samples, key, cache, progress=progress), y, parts, seed=seed))
+            name, backbone_pass(big, big_pre, data.samples, key, cache, progress=progress, device=device), y, parts,
+            seed=seed))
     ft_full = 3 * 3 * views.seconds * len(parts["train"]) / len(data.samples)
     if full_ft != "never":
         run.stage("full fine-tune", 0.0 if full_ft == "always" else ft_full,
                   lambda: [full_finetune(backbone, pre, data.samples, parts, len(data.classes), seed=seed,
-                                         progress=progress)])
+                                         progress=progress, device=device)])
     return finish(data=data, parts=parts, candidates=run.candidates, skipped=run.skipped, rec=rec,
                   similarity=similarity, near=near, out=out, pre_of=lambda b: _preprocessing(b, crop), log=log,
                   budget=budget, export_model=export, run_key=key)
