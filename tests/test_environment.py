@@ -95,3 +95,10 @@ def test_installed_versions_satisfy_the_pins(name: str) -> None:
     spec = pip_requirements()[name]
     # local version labels such as +cu130 do not change the release being pinned
     assert spec.contains(version.split("+")[0], prereleases=True), f"{name} {version} does not satisfy {spec}"
+
+
+@pytest.mark.parametrize("filename", ENVIRONMENTS)
+def test_conda_asks_for_the_python_pyproject_requires(filename: str) -> None:
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    python = {name: version for name, version, _ in conda_dependencies(filename)}["python"]
+    assert SpecifierSet(python) == SpecifierSet(requires)
