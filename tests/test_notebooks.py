@@ -320,3 +320,17 @@ def test_committed_outputs_name_no_machine_path(path: Path):
     """Learners read these outputs in JupyterLab, on slides and on the site, on other machines."""
     found = machine_paths(nbformat.read(path, as_version=4))
     assert not found, f"{path.name} shows absolute paths of the machine that ran it: {found[:5]}"
+
+
+def test_one_near_duplicate_standard_for_the_lessons_and_fit():
+    """Notebook 03 introduces the threshold; its parameter is the package's, which fit uses."""
+    from tlcourse import features
+    from tlcourse.own_data import pipeline
+
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem.startswith("03")), as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    value = re.search(r"^NEAR_DUP_COSINE = ([0-9.]+)", params.source, flags=re.M)
+    assert value and float(value.group(1)) == features.NEAR_DUPLICATE == pipeline.NEAR_DUPLICATE
+    other = [p.name for p in NOTEBOOKS if re.search(r"threshold=0\.\d", "".join(
+        c.source for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code"))]
+    assert not other, f"notebooks with a threshold of their own: {other}"

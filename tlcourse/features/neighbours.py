@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["NearDuplicate", "duplicate_groups", "keep_one_per_group", "near_duplicates"]
+__all__ = ["NEAR_DUPLICATE", "NearDuplicate", "duplicate_groups", "keep_one_per_group", "near_duplicates"]
+
+#: The course's one near-duplicate standard: a centred cosine similarity of the pooled features at
+#: or above this. Notebook 03 introduces it by looking at the pairs just above and just below it;
+#: ``python -m tlcourse fit`` and every notebook use it.
+NEAR_DUPLICATE = 0.85
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ def near_duplicates(
     features: torch.Tensor,
     other: torch.Tensor | None = None,
     *,
-    threshold: float = 0.85,
+    threshold: float = NEAR_DUPLICATE,
     center: bool = True,
     chunk: int = 4096,
 ) -> list[NearDuplicate]:

@@ -32,7 +32,7 @@ import torch
 
 from tlcourse._io import DamagedFileError, atomic_save, atomic_write_text, make_folder, read_or_explain, read_torch
 from tlcourse.advisor import recommend, similarity_score
-from tlcourse.features import near_duplicates
+from tlcourse.features import NEAR_DUPLICATE, near_duplicates
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, Preprocessing, backbone_spec, build_backbone
 from tlcourse.own_data.activations import ImageFiles, Views, backbone_pass, pass_is_cached
 from tlcourse.own_data.candidates import FT_EPOCHS, Candidate, full_finetune, probe_candidates, top_stage_finetune
@@ -49,8 +49,6 @@ __all__ = ["CLI_NAMES", "LARGER", "MAX_CROP", "NEAR_DUPLICATE", "BadArgument", "
 LARGER = ("efficientnet_lite1", "efficientnet_lite2")
 #: Cost of a backbone's pass relative to Lite0's, measured on a 2-core CPU (for the budget only).
 RELATIVE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.4, "efficientnet_lite2": 2.0}
-#: Cosine similarity (centred pooled features) above which a test image counts as a near copy of a training image.
-NEAR_DUPLICATE = 0.95
 #: Seconds kept back for testing, export, the fresh-process checks and the report (measured 21-39 s
 #: for Alien vs Predator on a busy 2-core CPU; the budget is a target, not a hard stop).
 RESERVE = 30.0
