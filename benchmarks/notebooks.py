@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from benchmarks.common import Section, machine, md_table, out_dir, run_measured
-from tlcourse.course import notebooks
+from tlcourse.courseware.course import notebooks
 from tlcourse.paths import project_root
 
 #: Goals: the whole ``ci`` course in 10 minutes; no notebook above 4 GB in the default profile.

@@ -2,7 +2,7 @@
 
 The committed, executed notebooks are staged with the pages of docs/ into ``build/site-src``,
 the tables of the performance and findings pages are generated there from the committed result
-files (``notebooks/results/*.json``), every lesson's reveal.js deck is rendered next to them, and
+files (``tlcourse/experiments/results/*.json``), every lesson's reveal.js deck is rendered next to them, and
 Sphinx with MyST-NB and the book theme writes ``build/site``. No notebook is executed.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import nbformat
 from sphinx.cmd.build import build_main
 
-from tlcourse import decision_matrix as dm
-from tlcourse.slides import build_slides
+from tlcourse.courseware.slides import build_slides
+from tlcourse.experiments import decision_matrix as dm
 from tlcourse.strategies import STRATEGIES, STRATEGY_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def lessons_table(notebooks: Sequence[Path]) -> str:
 
 def decision_matrix_table(doc: Mapping[str, Any]) -> str:
     """The reference run's accuracy per quadrant and strategy (mean over seeds, 95% t-interval),
-    and the textbook's verdict per quadrant, from notebooks/results/04_decision_matrix_reference.json."""
+    and the textbook's verdict per quadrant, from tlcourse/experiments/results/04_decision_matrix_reference.json."""
     summary = dm.summarize(doc["rows"])
     columns = {"quadrant": "quadrant", **{s: STRATEGY_LABELS.get(s, s) for s in STRATEGIES}}
     seeds = {q: max(t[s]["n"] for s in t) for q, t in summary.items()}
@@ -81,7 +81,7 @@ def decision_matrix_table(doc: Mapping[str, Any]) -> str:
 
 
 def bf16_table(doc: Mapping[str, Any]) -> str:
-    """float32 against bf16 training, per run, from notebooks/results/bf16_parity.json."""
+    """float32 against bf16 training, per run, from tlcourse/experiments/results/bf16_parity.json."""
     rows = []
     for backbone, s in doc["summary"].items():
         run = doc["meta"]["runs"][backbone]

@@ -1,7 +1,7 @@
 """Does bf16 autocast on the CPU train as well as float32, and how much faster? One command:
 
     TLCOURSE_MIRROR=/work/shared/datasets python scripts/bf16_parity.py \\
-        --out notebooks/results/bf16_parity.json
+        --out tlcourse/experiments/results/bf16_parity.json
 
 Two trainings on Alien vs Predator at 224 px, every layer trainable, AdamW with a cosine schedule,
 each in float32 and in bf16 autocast with the same seeds and batches:
@@ -35,8 +35,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from tlcourse import data, evaluation, models, runtime
-from tlcourse import matrix_reference as ref
 from tlcourse._io import atomic_write_text
+from tlcourse.experiments import matrix_reference as ref
 from tlcourse.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ RUNS = {"resnet18": (False, 5), "efficientnet_lite0": (True, 2)}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "notebooks/results/bf16_parity.json")
+    p.add_argument("--out", type=Path, default=REPO / "tlcourse/experiments/results/bf16_parity.json")
     p.add_argument("--progress", type=Path, default=None,
                    help="append-only progress file (default: build/bf16_parity/<out stem>.jsonl)")
     p.add_argument("--seeds", type=int, default=3)

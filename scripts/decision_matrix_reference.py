@@ -1,13 +1,13 @@
 """The reference run of notebook 04's decision matrix, at the textbook's scale, in one command.
 
     TLCOURSE_MIRROR=/work/shared/datasets python scripts/decision_matrix_reference.py \\
-        --out notebooks/results/04_decision_matrix_reference.json
+        --out tlcourse/experiments/results/04_decision_matrix_reference.json
 
 Five strategies (two probes, partial and full fine-tuning, from scratch) in four quadrants:
 similar = two CIFAR-10 classes, dissimilar = PneumoniaMNIST, each at "small" and "large" (>= 1000
 images per class) training sizes, several seeds. Fair budgets: early stopping on a validation
 split, learning rate and probe C chosen on validation, test scored once (see
-``tlcourse.matrix_reference``). Every finished run is appended to a progress file, so an
+``tlcourse.experiments.matrix_reference``). Every finished run is appended to a progress file, so an
 interrupted run continues where it stopped; ``--smoke`` runs the same code at a tiny scale.
 """
 
@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlcourse import decision_matrix, models, strategies
-from tlcourse import matrix_reference as ref
+from tlcourse import models, strategies
+from tlcourse.experiments import decision_matrix
+from tlcourse.experiments import matrix_reference as ref
 from tlcourse.runtime import select_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "notebooks/results/04_decision_matrix_reference.json")
+    p.add_argument("--out", type=Path, default=REPO / "tlcourse/experiments/results/04_decision_matrix_reference.json")
     p.add_argument("--progress", type=Path, default=None,
                    help="append-only progress file (default: build/decision_matrix_reference/<out stem>.jsonl)")
     p.add_argument("--smoke", action="store_true", help="the same code path at a tiny scale (seconds)")

@@ -39,7 +39,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from tlcourse import data, distributed, models, runtime, train
+from tlcourse import data, models, runtime, train
+from tlcourse.experiments import distributed
 
 
 class SyntheticImages(Dataset):

@@ -1,4 +1,4 @@
-"""The decision-matrix advisor (tlcourse.advisor) and the saved results of notebook 04 (tlcourse.decision_matrix)."""
+"""The decision-matrix advisor (tlcourse.experiments.advisor) and the saved results of notebook 04 (tlcourse.experiments.decision_matrix)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tlcourse import advisor, decision_matrix, strategies
-from tlcourse.advisor import recommend
+from tlcourse import strategies
+from tlcourse.experiments import advisor, decision_matrix
+from tlcourse.experiments.advisor import recommend
 from tlcourse.strategies import SIMILARITY_BOUNDARY, SIZE_BOUNDARY
 
 # ---------------------------------------------------------------- recommend: quadrants and boundaries

@@ -101,8 +101,8 @@ def test_the_cycle_finder_finds_cycles():
 def test_training_does_not_import_the_multi_process_plug_in():
     edges = graph()
     train_modules = [m for m in edges if m == "tlcourse.train" or m.startswith("tlcourse.train.")]
-    assert all("tlcourse.distributed" not in edges[m] for m in train_modules)
-    assert "tlcourse.train" in edges["tlcourse.distributed"]
+    assert all("tlcourse.experiments.distributed" not in edges[m] for m in train_modules)
+    assert "tlcourse.train" in edges["tlcourse.experiments.distributed"]
 
 
 @pytest.mark.parametrize("function, max_params", [(train_one_epoch, 7), (evaluate, 7)])

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlcourse import matrix_reference as ref
 from tlcourse import runtime
+from tlcourse.experiments import matrix_reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "notebooks/results/bf16_parity.json"
+REFERENCE = ROOT / "tlcourse/experiments/results/bf16_parity.json"
 
 
 def _script():

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from tlcourse import data, results
+from tlcourse import data
+from tlcourse.courseware import results
 from tlcourse.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,8 @@ WORKER = textwrap.dedent("""
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
-    from tlcourse import data, results
+    from tlcourse import data
+    from tlcourse.courseware import results
     from tlcourse._io import remove_partial_files
     from tlcourse.features.cache import cached_features
     from tlcourse.train.checkpoint import save_checkpoint

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from tlcourse import course
-from tlcourse.environment import report, report_text
+from tlcourse.courseware import course
+from tlcourse.courseware.environment import report, report_text
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_environment_report_says_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_a_lesson_setup_prints_at_most_three_lines_and_no_path(capsys, monkeypatch):
-    from tlcourse import course
+    from tlcourse.courseware import course
 
     monkeypatch.delenv("TLCOURSE_PROFILE", raising=False)
     lesson = course.setup("default", {"default": {"EPOCHS": 2}}, {"EPOCHS": None}, device="cpu", threads=1)

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tlcourse import data, results
+from tlcourse import data
 from tlcourse._io import DamagedFileError, atomic_write_text, read_json, read_or_explain
+from tlcourse.courseware import results
 from tlcourse.data.datasets import NpzImageDataset
 from tlcourse.features.cache import cached_features
 from tlcourse.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -189,7 +190,7 @@ def test_read_or_explain_keeps_missing_files_and_the_cause(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("how", CUTS)
 def test_damaged_decision_matrix_results_name_the_file(tmp_path: Path, how: str) -> None:
-    from tlcourse import decision_matrix
+    from tlcourse.experiments import decision_matrix
 
     rows = [{"quadrant": "small_similar", "strategy": "probe_last", "seed": 0, "accuracy": 0.9}]
     path, _ = decision_matrix.save_results(rows, tmp_path / "matrix.json", meta={"command": "test"})

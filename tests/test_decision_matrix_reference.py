@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlcourse import advisor, decision_matrix, models, recipes, strategies
-from tlcourse import matrix_reference as ref
+from tlcourse import models, recipes, strategies
+from tlcourse.experiments import advisor, decision_matrix
+from tlcourse.experiments import matrix_reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / advisor.REFERENCE_RESULTS
+REFERENCE = advisor.reference_path()
 
 
 # ---------------------------------------------------------------- rows and the progress file

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tlcourse import results
 from tlcourse._io import DiskWriteError, atomic_write_text
+from tlcourse.courseware import results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = textwrap.dedent("""
     import json, os, resource, signal, sys
     import torch
-    from tlcourse import results
+    from tlcourse.courseware import results
     from tlcourse._io import atomic_save, atomic_write_text
     from tlcourse.train.checkpoint import save_checkpoint
     folder = sys.argv[1]
@@ -84,7 +84,7 @@ def test_running_out_of_space_mid_write_is_a_clear_error_and_keeps_the_old_file(
 
 READ_ONLY_CHILD = textwrap.dedent("""
     import json
-    from tlcourse import results
+    from tlcourse.courseware import results
     try:
         results.record("01_data_loading", {"acc": 0.9})
         print(json.dumps(None))

@@ -1,4 +1,4 @@
-"""tlcourse.distributed and fit under DistributedDataParallel, on the CPU with gloo.
+"""tlcourse.experiments.distributed and fit under DistributedDataParallel, on the CPU with gloo.
 
 The helpers are tested in this process (environment parsing, samplers, a one-process gloo group);
 then ``scripts/finetune_ddp.py`` runs under ``torch.distributed.run`` with two processes on
@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from tlcourse import distributed, models, runtime, train
-from tlcourse.distributed import DistEnv, ShardSampler, env_info
+from tlcourse import models, runtime, train
+from tlcourse.experiments import distributed
+from tlcourse.experiments.distributed import DistEnv, ShardSampler, env_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "finetune_ddp.py"

@@ -1,4 +1,4 @@
-"""tlcourse.exercises.check: immediate, friendly feedback on the notebooks' exercises."""
+"""tlcourse.courseware.exercises.check: immediate, friendly feedback on the notebooks' exercises."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tlcourse import exercises
-from tlcourse.course import notebooks
-from tlcourse.exercises import check
+from tlcourse.courseware import exercises
+from tlcourse.courseware.course import notebooks
+from tlcourse.courseware.exercises import check
 
 
 def test_a_correct_answer_is_praised(capsys):

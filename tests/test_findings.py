@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tlcourse import advisor, decision_matrix, evaluation, findings
+from tlcourse import evaluation
+from tlcourse.experiments import advisor, decision_matrix, findings
 from tlcourse.strategies import QUADRANTS, TEXTBOOK
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.test_own_data import make_images
-from tlcourse import own_data
 from tlcourse.__main__ import main
 from tlcourse._io import DiskWriteError
 from tlcourse.evaluation import accuracy_ci
-from tlcourse.own_data import pipeline, read_folder
-from tlcourse.own_data.pipeline import BadArgument
-from tlcourse.own_data.report import MAX_CI_WIDTH, MIN_TEST, needed_test_images, small_test_set_warning
-from tlcourse.own_data.scan import FIT_MARKER, FolderRefused
+from tlcourse.experiments import own_data
+from tlcourse.experiments.own_data import pipeline, read_folder
+from tlcourse.experiments.own_data.pipeline import BadArgument
+from tlcourse.experiments.own_data.report import MAX_CI_WIDTH, MIN_TEST, needed_test_images, small_test_set_warning
+from tlcourse.experiments.own_data.scan import FIT_MARKER, FolderRefused
 
 FAST = ["--crop", "64", "--larger", "--full-ft", "never", "--budget", "600"]
 FAST_API = dict(crop=64, larger=(), full_ft="never", budget=600, progress=False, echo=None)

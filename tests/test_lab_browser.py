@@ -1,7 +1,7 @@
 """The advisor widget in JupyterLab, in a real (headless, offline) Chromium (issue 15, point 6).
 
 Starts the course's JupyterLab on 127.0.0.1 over a temporary folder holding one small notebook
-that calls ``tlcourse.advisor.advisor_panel`` as notebook 04 does, opens it, runs its cells, and
+that calls ``tlcourse.experiments.advisor.advisor_panel`` as notebook 04 does, opens it, runs its cells, and
 checks that the sliders and the matrix figure render, and that moving the similarity slider
 changes both the figure and the advice. Screenshots go to ``build/screenshots``. Without Chromium
 it skips and names the package to install.
@@ -19,7 +19,7 @@ from jupyter_lab import jupyter_lab
 from tlcourse.paths import build_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-CELL = ('from tlcourse.advisor import advisor_panel\n'
+CELL = ('from tlcourse.experiments.advisor import advisor_panel\n'
         'advisor_panel({"cifar10": (5000, 0.9), "brain-mri": (120, 0.2)})')
 
 # What the page shows: the advice text and the figure's image data in the widget's output area.

@@ -19,9 +19,9 @@ import pytest
 import torch
 import torchvision
 
-from tlcourse.course import execute_notebook, notebooks
+from tlcourse.courseware.course import execute_notebook, notebooks
+from tlcourse.courseware.results import metrics_path
 from tlcourse.models import backbone_spec
-from tlcourse.results import metrics_path
 
 CASES = [(p, "resnet18") for p in notebooks()]
 

@@ -10,7 +10,7 @@ import nbformat
 import papermill
 import pytest
 
-from tlcourse.course import execute_notebook, notebooks
+from tlcourse.courseware.course import execute_notebook, notebooks
 
 
 @pytest.mark.notebook

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_notebook_backbones import run_with_backbone
 
-from tlcourse.course import notebooks
+from tlcourse.courseware.course import notebooks
 
 
 @pytest.mark.notebook

@@ -3,9 +3,9 @@
 New notebooks are picked up automatically. Each one must:
 - be well-formed for learners and instructors (objectives, a ``parameters`` cell, slide metadata,
   a summary, then 3 to 5 exercises with collapsed ``<details>`` solutions and at least one
-  ``tlcourse.exercises.check`` call) and carry the outputs of a real run, in order, with no errors;
+  ``tlcourse.courseware.exercises.check`` call) and carry the outputs of a real run, in order, with no errors;
 - run end to end with its ``ci`` profile under papermill;
-- record its key results with ``tlcourse.results.record`` and meet the thresholds it declares in
+- record its key results with ``tlcourse.courseware.results.record`` and meet the thresholds it declares in
   its notebook metadata under ``tlcourse.checks``;
 - in that same ci run, give the committed outputs of the cells marked ``# NBVAL_CHECK_OUTPUT``,
   compared as ``pytest --nbval-lax`` compares them (so the notebook executes once, not twice).
@@ -22,9 +22,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlcourse.course import execute_notebook, notebooks
-from tlcourse.results import check_metrics, load_metrics, metrics_path
-from tlcourse.slides import exercises_start
+from tlcourse.courseware.course import execute_notebook, notebooks
+from tlcourse.courseware.results import check_metrics, load_metrics, metrics_path
+from tlcourse.courseware.slides import exercises_start
 
 NOTEBOOKS = notebooks()
 #: A cell of a ci-profile run that takes longer than this fails, naming the cell, instead of
@@ -56,7 +56,7 @@ def test_notebook_structure(path: Path):
     if path.stem[:2] in ("01", "02", "03", "04", "05", "06"):  # the lessons that compare models report intervals
         assert nb.metadata["tlcourse"].get("intervals"), "metadata.tlcourse.intervals names the recorded 95% intervals"
     # It ends with a summary, then 3 to 5 exercises, each with a collapsed solution, and at least
-    # one answer checked by tlcourse.exercises.check (tests/test_slides.py checks the slide metadata).
+    # one answer checked by tlcourse.courseware.exercises.check (tests/test_slides.py checks the slide metadata).
     start = exercises_start(cells)
     assert start is not None, "the notebook ends with a markdown cell headed '## Exercises'"
     before = " ".join(c.source.lower() for c in cells[max(0, start - 2):start + 1] if c.cell_type == "markdown")
@@ -67,7 +67,7 @@ def test_notebook_structure(path: Path):
     solutions = re.findall(r"<details\b[^>]*>", section)
     assert len(solutions) >= len(exercise_list), "every exercise has a solution in a <details> block"
     assert not [s for s in solutions if re.search(r"\bopen\b", s)], "solutions start collapsed (no <details open>)"
-    assert re.search(r"\bcheck\(", section), "at least one exercise gives feedback with tlcourse.exercises.check(...)"
+    assert re.search(r"\bcheck\(", section), "at least one exercise gives feedback with tlcourse.courseware.exercises.check(...)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -325,7 +325,7 @@ def test_committed_outputs_name_no_machine_path(path: Path):
 def test_one_near_duplicate_standard_for_the_lessons_and_fit():
     """Notebook 03 introduces the threshold; its parameter is the package's, which fit uses."""
     from tlcourse import features
-    from tlcourse.own_data import pipeline
+    from tlcourse.experiments.own_data import pipeline
 
     nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem.startswith("03")), as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

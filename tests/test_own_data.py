@@ -1,4 +1,4 @@
-"""tlcourse.own_data.scan: both folder layouts, the refusals before any training, duplicates, fingerprints.
+"""tlcourse.experiments.own_data.scan: both folder layouts, the refusals before any training, duplicates, fingerprints.
 
 Generated folders of small coloured images; no model is built here (a refusal must come first).
 """
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlcourse import own_data
-from tlcourse.own_data import FolderRefused, read_folder
-from tlcourse.own_data import pipeline as own_pipeline
+from tlcourse.experiments import own_data
+from tlcourse.experiments.own_data import FolderRefused, read_folder
+from tlcourse.experiments.own_data import pipeline as own_pipeline
 
 
 def make_images(folder: Path, counts: dict[str, int], *, seed: int = 0, size: int = 24) -> list[Path]:
@@ -129,8 +129,8 @@ def test_fingerprint_changes_with_any_file_even_at_the_same_size_and_time(tmp_pa
 def test_a_folded_probe_gives_the_pipelines_probabilities(classes: int) -> None:
     import torch
 
+    from tlcourse.experiments.own_data.candidates import fold_probe
     from tlcourse.features import fit_logistic_regression
-    from tlcourse.own_data.candidates import fold_probe
 
     rng = np.random.default_rng(0)
     X = torch.tensor(rng.normal(size=(60, 7)) * rng.uniform(0.1, 10, size=7) + 3, dtype=torch.float32)

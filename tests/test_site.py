@@ -89,12 +89,12 @@ def test_the_site_has_every_lesson_and_the_pages_the_course_promises(site: Path)
 
 
 def test_performance_and_findings_tables_come_from_the_committed_result_files(site: Path) -> None:
-    bf16 = json.loads((ROOT / "notebooks/results/bf16_parity.json").read_text())
+    bf16 = json.loads((ROOT / "tlcourse/experiments/results/bf16_parity.json").read_text())
     performance = (site / "performance.html").read_text()
     for summary in bf16["summary"].values():
         assert summary["verdict_over_seeds"] in performance
     findings = (site / "findings.html").read_text()
-    reference = json.loads((ROOT / "notebooks/results/04_decision_matrix_reference.json").read_text())
+    reference = json.loads((ROOT / "tlcourse/experiments/results/04_decision_matrix_reference.json").read_text())
     assert reference["meta"]["written"] in findings
     assert findings.count("the textbook") >= 4 and "large &amp; similar (3 seeds)" in findings
 

@@ -22,8 +22,8 @@ import pytest
 from headless_chromium import Chromium, find_chromium
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from tlcourse import slides
-from tlcourse.course import notebooks
+from tlcourse.courseware import slides
+from tlcourse.courseware.course import notebooks
 from tlcourse.paths import build_dir
 
 NOTEBOOKS = notebooks()

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from tlcourse import data
 from tlcourse._io import DiskWriteError
-from tlcourse.course import run_course
-from tlcourse.environment import report_text
+from tlcourse.courseware.course import run_course
+from tlcourse.courseware.environment import report_text
+from tlcourse.courseware.slides import build_slides
+from tlcourse.experiments.own_data import LARGER, fit_folder
+from tlcourse.experiments.own_data.pipeline import CLI_NAMES, MAX_CROP, check_arguments
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, stage_weights, weights_status
-from tlcourse.own_data import LARGER, fit_folder
-from tlcourse.own_data.pipeline import CLI_NAMES, MAX_CROP, check_arguments
 from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir, shown
-from tlcourse.slides import build_slides
 from tlcourse.tables import table
 
 # Errors a learner can fix (missing files, no network, a corrupt copy); anything else is a bug
@@ -94,13 +94,13 @@ def run_stage(names: Sequence[str], to: str, weights: bool, progress: bool) -> i
 
 
 def run_env() -> int:
-    """Print the environment report from :mod:`tlcourse.environment`."""
+    """Print the environment report from :mod:`tlcourse.courseware.environment`."""
     print(report_text())
     return 0
 
 
 def run_course_command(profile: str, names: Sequence[str], html: bool, update: bool) -> int:
-    """Execute the notebooks with :func:`tlcourse.course.run_course` and print a timing table."""
+    """Execute the notebooks with :func:`tlcourse.courseware.course.run_course` and print a timing table."""
     from papermill.exceptions import PapermillExecutionError
 
     try:
@@ -117,7 +117,7 @@ def run_course_command(profile: str, names: Sequence[str], html: bool, update: b
 
 
 def run_slides_command(names: Sequence[str], source: str | None, out: str | None) -> int:
-    """Render the notebooks to reveal.js decks with :func:`tlcourse.slides.build_slides`."""
+    """Render the notebooks to reveal.js decks with :func:`tlcourse.courseware.slides.build_slides`."""
     rows = build_slides(names or None, out=Path(out).resolve() if out else None,
                         source=Path(source).resolve() if source else None)
     print(table([(r["notebook"], r["slides"], r["figure_slides"], r["notes"], r["deck"]) for r in rows],
@@ -146,7 +146,7 @@ def _number(text: str | float | None) -> int | float | str | None:
 
 def run_fit_command(folder: str, out: str | None, budget: str | float, backbone: str, larger: Sequence[str],
                     seed: str | int, crop: str | None, full_ft: str, device: str = "auto") -> int:
-    """Run :func:`tlcourse.own_data.fit_folder` on a folder and print where the report is.
+    """Run :func:`tlcourse.experiments.own_data.fit_folder` on a folder and print where the report is.
 
     The arguments are checked first, with messages that name the options (``--budget must be ...``);
     Ctrl-C ends with a line saying how to resume instead of a traceback.

@@ -24,11 +24,15 @@ MIRROR_ENV = "TLCOURSE_MIRROR"
 
 
 def project_root() -> Path:
-    """The course checkout: ``$TLCOURSE_ROOT``, or the folder that holds the ``tlcourse`` package."""
+    """The course checkout: ``$TLCOURSE_ROOT``, or the folder that holds the ``tlcourse`` package
+    when that is a checkout (it has ``pyproject.toml``). An installed package has no checkout
+    around it: then the current folder is the root, so ``data/`` and ``build/`` land where the
+    learner works, never inside ``site-packages``."""
     env = os.environ.get("TLCOURSE_ROOT")
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd().resolve()
 
 
 def data_dir() -> Path:

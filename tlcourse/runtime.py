@@ -193,7 +193,7 @@ class DeviceSettings:
                 raise ValueError(
                     f"The DistributedDataParallel model has parameters on another device than "
                     f"{self.device} (e.g. {wrong[0]}): prepare the model before wrapping it, "
-                    "or use tlcourse.distributed.wrap."
+                    "or use tlcourse.experiments.distributed.wrap."
                 )
             return model
         model.to(self.device)

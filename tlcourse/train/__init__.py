@@ -9,7 +9,7 @@
 - :mod:`~tlcourse.train.checkpoint`: ``best.pt``/``last.pt`` and resume.
 
 Device, seeds and mixed precision come from :mod:`tlcourse.runtime`; multi-process training
-is a callback in :mod:`tlcourse.distributed`, which imports this package (never the reverse).
+is a callback in :mod:`tlcourse.experiments.distributed`, which imports this package (never the reverse).
 """
 
 from tlcourse.train.callbacks import Callback, EpochEndFunction, Run

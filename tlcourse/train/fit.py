@@ -166,7 +166,7 @@ def fit(
     ``"epoch"`` (``StepLR``, ``ReduceLROnPlateau``) or ``"batch"`` (``OneCycleLR``).
     ``checkpoint_dir`` adds :class:`Checkpoints` (``best.pt``, ``last.pt``, resume from
     ``last.pt`` unless ``resume=False``); ``on_epoch_end(epoch, stats, model)`` and
-    ``callbacks`` plug in more (gradual unfreezing, :class:`tlcourse.distributed.Distributed`).
+    ``callbacks`` plug in more (gradual unfreezing, :class:`tlcourse.experiments.distributed.Distributed`).
     ``settings`` (:func:`tlcourse.runtime.device_settings`) overrides ``device``; fit does not
     change it. The model ends in eval mode with the last epoch's weights, or the best epoch's
     with :class:`~tlcourse.train.tracking.KeepBest`; :class:`~tlcourse.train.tracking.EarlyStopping`

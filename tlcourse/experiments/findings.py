@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlcourse import decision_matrix, evaluation
+from tlcourse import evaluation
 from tlcourse._io import read_json, read_or_explain
-from tlcourse.paths import project_root
+from tlcourse.experiments import decision_matrix, results_file
 from tlcourse.strategies import STRATEGY_LABELS, TEXTBOOK, quadrant_title
 
 __all__ = ["EVIDENCE", "Finding", "all_findings", "bf16_findings", "evidence_path", "lr_findings",
@@ -57,8 +57,8 @@ class Finding:
 
 
 def evidence_path(key: str) -> Path:
-    """Where the committed run ``key`` of :data:`EVIDENCE` lives."""
-    return project_root() / "notebooks" / "results" / EVIDENCE[key]
+    """Where the committed run ``key`` of :data:`EVIDENCE` lives (package data)."""
+    return results_file(EVIDENCE[key])
 
 
 def _label(strategy: str) -> str:

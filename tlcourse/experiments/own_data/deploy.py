@@ -6,7 +6,7 @@
   pooling and the linear layer);
 - :func:`export` writes the course's bundle (:func:`tlcourse.inference.export_bundle`: weights,
   class names, preprocessing, TTA) and an ONNX file (:func:`tlcourse.inference.export_onnx`), then
-  predicts sample files here and in one fresh Python process (``python -m tlcourse.own_data.deploy``:
+  predicts sample files here and in one fresh Python process (``python -m tlcourse.experiments.own_data.deploy``:
   the bundle through :func:`tlcourse.inference.load_bundle`, the ONNX file through ONNX Runtime and
   the preprocessing stored in the file) and compares.
 
@@ -32,10 +32,10 @@ from torch import nn
 
 from tlcourse._io import atomic_save, read_or_explain, read_torch
 from tlcourse.data import load_rgb
+from tlcourse.experiments.own_data.candidates import Candidate
 from tlcourse.features.extract import global_pool
 from tlcourse.inference import Bundle, export_bundle, export_onnx, load_bundle, onnx_metadata, predict
 from tlcourse.models import Preprocessing, build_backbone, head_of
-from tlcourse.own_data.candidates import Candidate
 from tlcourse.stages import split_at
 
 __all__ = ["STAGE_PROBE_FORMAT", "StageProbe", "deployed_model", "export", "load_model", "onnx_predict_files"]
@@ -126,7 +126,7 @@ def _fresh_process(bundle: Path, onnx_file: Path, images: Sequence[str],
                    timeout: float = 300.0) -> dict[str, list[dict[str, Any]]]:
     """Predictions of the bundle (through :func:`load_model`) and of the ONNX file
     (through ONNX Runtime and the file's own metadata), both in one fresh Python process."""
-    run = "import sys; from tlcourse.own_data.deploy import main; sys.exit(main())"
+    run = "import sys; from tlcourse.experiments.own_data.deploy import main; sys.exit(main())"
     cmd = [sys.executable, "-c", run, "--onnx", str(onnx_file), "--bundle", str(bundle)]
     done = subprocess.run([*cmd, *images], capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
@@ -151,7 +151,7 @@ def export(model: nn.Module, out: Path, *, class_names: Sequence[str], pre: Prep
     if isinstance(model, StageProbe):
         bundle = _export_stage_probe(model, out / "model.pt", backbone=meta["backbone"], stage=meta["stage"],
                                      class_names=class_names, pre=pre, tta=tta, meta=meta)
-        result["bundle_note"] = "a stage probe's bundle: load it with tlcourse.own_data.load_model"
+        result["bundle_note"] = "a stage probe's bundle: load it with tlcourse.experiments.own_data.load_model"
     else:
         bundle = export_bundle(model, out / "model.pt", class_names=class_names, preprocessing=pre, tta=tta, meta=meta)
     onnx_file = export_onnx(model, out / "model.onnx", pre.crop, class_names=class_names, preprocessing=pre, tta=tta)
@@ -163,8 +163,8 @@ def export(model: nn.Module, out: Path, *, class_names: Sequence[str], pre: Prep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tlcourse.own_data.deploy --onnx MODEL.onnx [--bundle MODEL.pt] IMAGE ...``: a JSON line per image and runtime."""
-    parser = argparse.ArgumentParser(prog="python -m tlcourse.own_data.deploy")
+    """``python -m tlcourse.experiments.own_data.deploy --onnx MODEL.onnx [--bundle MODEL.pt] IMAGE ...``: a JSON line per image and runtime."""
+    parser = argparse.ArgumentParser(prog="python -m tlcourse.experiments.own_data.deploy")
     parser.add_argument("--onnx", required=True)
     parser.add_argument("--bundle", default=None)
     parser.add_argument("images", nargs="+")

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
+from tlcourse.courseware.results import PROFILE_ENV, resolve_profile
 from tlcourse.paths import build_dir, project_root
-from tlcourse.results import PROFILE_ENV, resolve_profile
 from tlcourse.runtime import DeviceSettings, apply_thread_policy, device_settings, seed_everything
 
 

@@ -6,7 +6,7 @@ The steps, each announced with a line (and a progress bar where it takes a while
    create the output folder with its marker, before anything is read;
 1. read the folder, refuse what cannot work, drop duplicates, carve the splits (:mod:`.scan`);
 2. place the data on the size x similarity matrix and state the textbook's prior
-   (:mod:`tlcourse.advisor`);
+   (:mod:`tlcourse.experiments.advisor`);
 3. one cached pass of the main backbone over every image and its mirror image
    (:mod:`.activations`); near-duplicates of training images leave the test set;
 4. the candidates, cheapest first, while the budget lasts (:mod:`.candidates`); each finished
@@ -31,13 +31,26 @@ from typing import Any
 import torch
 
 from tlcourse._io import DamagedFileError, atomic_save, atomic_write_text, make_folder, read_or_explain, read_torch
-from tlcourse.advisor import recommend, similarity_score
+from tlcourse.experiments.advisor import recommend, similarity_score
+from tlcourse.experiments.own_data.activations import ImageFiles, Views, backbone_pass, pass_is_cached
+from tlcourse.experiments.own_data.candidates import (
+    FT_EPOCHS,
+    Candidate,
+    full_finetune,
+    probe_candidates,
+    top_stage_finetune,
+)
+from tlcourse.experiments.own_data.report import FitReport, finish
+from tlcourse.experiments.own_data.scan import (
+    FIT_MARKER,
+    FolderRefused,
+    UserData,
+    check_folder,
+    is_fit_output,
+    read_folder,
+)
 from tlcourse.features import NEAR_DUPLICATE, near_duplicates
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, Preprocessing, backbone_spec, build_backbone
-from tlcourse.own_data.activations import ImageFiles, Views, backbone_pass, pass_is_cached
-from tlcourse.own_data.candidates import FT_EPOCHS, Candidate, full_finetune, probe_candidates, top_stage_finetune
-from tlcourse.own_data.report import FitReport, finish
-from tlcourse.own_data.scan import FIT_MARKER, FolderRefused, UserData, check_folder, is_fit_output, read_folder
 from tlcourse.paths import shown
 from tlcourse.runtime import select_device
 from tlcourse.stages import split_below_top
@@ -225,7 +238,7 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
         device: where the backbone passes and the fine-tunes run (``None``/``"auto"``: the GPU when
             there is one, else the CPU; see :func:`tlcourse.runtime.select_device`).
 
-    Raises :class:`BadArgument` or :class:`~tlcourse.own_data.scan.FolderRefused` (both ``ValueError``)
+    Raises :class:`BadArgument` or :class:`~tlcourse.experiments.own_data.scan.FolderRefused` (both ``ValueError``)
     before anything is built, saying what to do; an output folder that cannot be created raises the
     course's :class:`~tlcourse._io.DiskWriteError`.
     """

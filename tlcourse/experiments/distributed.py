@@ -487,7 +487,7 @@ def _warn_if_val_not_covered(val_loader: Any, n: int, world: int) -> None:
         warnings.warn(
             f"The ranks validated {n} samples in all, but the validation set has {size}: a "
             "DistributedSampler pads (or drops) samples so that every rank gets the same number, "
-            "which biases the metrics. Use tlcourse.distributed.eval_loader (disjoint shards, "
+            "which biases the metrics. Use tlcourse.experiments.distributed.eval_loader (disjoint shards, "
             "no padding) or give every rank the full validation set.",
             UserWarning,
             stacklevel=4,

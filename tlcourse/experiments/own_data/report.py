@@ -33,15 +33,15 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from tlcourse._io import atomic_write_text
-from tlcourse.advisor import Recommendation
 from tlcourse.data import load_rgb
 from tlcourse.evaluation import Estimate, accuracy_ci, compare, describe, paired_comparison
+from tlcourse.experiments.advisor import Recommendation
+from tlcourse.experiments.own_data.candidates import Candidate
+from tlcourse.experiments.own_data.deploy import StageProbe, deployed_model, export
+from tlcourse.experiments.own_data.scan import TEST_FRACTION, UserData
 from tlcourse.explain import gradcam, gradcam_grid
 from tlcourse.inference import predict_proba
 from tlcourse.models import Preprocessing
-from tlcourse.own_data.candidates import Candidate
-from tlcourse.own_data.deploy import StageProbe, deployed_model, export
-from tlcourse.own_data.scan import TEST_FRACTION, UserData
 from tlcourse.plots import confusion_matrix, denormalize, image_grid
 from tlcourse.strategies import STRATEGY_LABELS
 

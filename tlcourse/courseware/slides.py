@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from tlcourse.course import notebooks
+from tlcourse.courseware.course import notebooks
 from tlcourse.paths import build_dir, project_root
 
 #: Words of markdown one slide holds comfortably; past this, supporting paragraphs become speaker notes.

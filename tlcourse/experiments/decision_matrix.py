@@ -14,7 +14,7 @@ full_ft         the whole pretrained network + a new head, at a low backbone lea
 scratch         the same architecture from random weights (the baseline: what pretraining buys)
 ==============  =============================================================================
 
-The experiment itself runs in :mod:`tlcourse.matrix_reference` (notebook 04's live run and the
+The experiment itself runs in :mod:`tlcourse.experiments.matrix_reference` (notebook 04's live run and the
 reference script): probes on cached features, and the three trained strategies through
 :func:`tlcourse.recipes.train`. This module holds the results: plain rows
 (``quadrant, strategy, seed, accuracy, ...``) saved as JSON and CSV, summarised over seeds with

@@ -34,11 +34,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tlcourse import decision_matrix, findings
 from tlcourse.data import folder_dataset
+from tlcourse.experiments import decision_matrix, findings, results_file
 from tlcourse.hooks import capture
 from tlcourse.models import DEFAULT_BACKBONE, backbone_spec, build_backbone
-from tlcourse.paths import project_root
 from tlcourse.strategies import (
     SIMILARITY_BOUNDARY,
     SIZE_BOUNDARY,
@@ -82,7 +81,7 @@ DISTANCE_AT_HALF = 0.274
 #: The input size the score is calibrated at: the resolution of the reference decision matrix.
 SCORE_SIZE = 96
 #: The committed reference run of the decision matrix, the only source of "measured" advice.
-REFERENCE_RESULTS = "notebooks/results/04_decision_matrix_reference.json"
+REFERENCE_RESULTS = "04_decision_matrix_reference.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,9 +129,9 @@ class Recommendation:
 class QuadrantEvidence:
     """What the reference run measured in one quadrant, with the scale it was measured at.
 
-    ``outcome`` is "textbook", "tie" or "other" (:func:`tlcourse.decision_matrix.textbook_verdict`),
+    ``outcome`` is "textbook", "tie" or "other" (:func:`tlcourse.experiments.decision_matrix.textbook_verdict`),
     ``verdict`` the generated sentence with its interval, ``winner`` the highest mean. ``quoted``
-    holds the findings (:mod:`tlcourse.findings`) the advisor quotes for the quadrant: what to do
+    holds the findings (:mod:`tlcourse.experiments.findings`) the advisor quotes for the quadrant: what to do
     there, and the pretrained layers' learning rate.
     """
 
@@ -149,8 +148,8 @@ class QuadrantEvidence:
 
 
 def reference_path() -> Path:
-    """Where the committed reference run lives: ``<project root>/`` + :data:`REFERENCE_RESULTS`."""
-    return project_root() / REFERENCE_RESULTS
+    """Where the committed reference run lives (package data: :func:`tlcourse.experiments.results_file`)."""
+    return results_file(REFERENCE_RESULTS)
 
 
 def reference_evidence(path: str | os.PathLike[str] | None = None) -> dict[str, QuadrantEvidence]:

@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 
 from tlcourse import recipes
 from tlcourse.evaluation import accuracy_ci
+from tlcourse.experiments.own_data.activations import LAST, LOWER, ImageFiles, Views
 from tlcourse.models import Preprocessing, build_backbone, freeze_backbone, param_groups
-from tlcourse.own_data.activations import LAST, LOWER, ImageFiles, Views
 from tlcourse.stages import split_below_top
 
 __all__ = ["FT_EPOCHS", "Candidate", "fold_probe", "full_finetune", "probe_candidates", "top_stage_finetune"]
@@ -41,7 +41,7 @@ __all__ = ["FT_EPOCHS", "Candidate", "fold_probe", "full_finetune", "probe_candi
 FT_EPOCHS, FT_PATIENCE = 8, 3
 #: The learning rates of the pretrained layers and of the new head. Both 1e-3: the decision
 #: matrix's reference run chose the backbone rate on validation among 1e-3, 1e-4 and 1e-5 in both
-#: domains (``notebooks/results/04_decision_matrix_reference.json``, ``meta.lr_sweep``).
+#: domains (``tlcourse/experiments/results/04_decision_matrix_reference.json``, ``meta.lr_sweep``).
 BACKBONE_LR, HEAD_LR = 1e-3, 1e-3
 
 

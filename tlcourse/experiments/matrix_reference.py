@@ -2,7 +2,7 @@
 
 This module runs the matrix: at laptop scale inside notebook 04, and at the textbook's scale in
 the *reference run* (``scripts/decision_matrix_reference.py``), the one the notebook and the
-advisor quote as evidence; :mod:`tlcourse.decision_matrix` summarises and draws the rows. What
+advisor quote as evidence; :mod:`tlcourse.experiments.decision_matrix` summarises and draws the rows. What
 makes it fair:
 
 * every trained strategy (``partial_ft``, ``full_ft``, ``scratch``) trains with the course's one

@@ -1,0 +1,30 @@
+"""The course's applications, built on the lesson modules one floor down.
+
+- :mod:`~tlcourse.experiments.matrix_reference`  the decision matrix, run live (notebook 04) and at
+  the textbook's scale (``scripts/decision_matrix_reference.py``)
+- :mod:`~tlcourse.experiments.decision_matrix`   its results: summaries, verdicts, the figure
+- :mod:`~tlcourse.experiments.findings`          every claim the course makes, generated from a run
+- :mod:`~tlcourse.experiments.advisor`           the similarity score and the advice that quotes them
+- :mod:`~tlcourse.experiments.own_data`          ``python -m tlcourse fit FOLDER``
+- :mod:`~tlcourse.experiments.distributed`       multi-process training (torchrun/DDP), a ``fit`` callback
+
+The committed reference runs ship inside the package (``results/``): :func:`results_file` finds
+them in a checkout and in an installed wheel alike.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["RESULTS", "results_file"]
+
+#: The committed result files of the reference runs, by name.
+RESULTS = ("04_decision_matrix_reference.json", "04_decision_matrix_reference.csv", "bf16_parity.json")
+
+
+def results_file(name: str) -> Path:
+    """The committed result file ``name`` (one of :data:`RESULTS`), read as package data."""
+    if name not in RESULTS:
+        raise ValueError(f"No committed result file {name!r}; the files are: {', '.join(RESULTS)}")
+    return Path(str(resources.files(__name__).joinpath("results", name)))
