@@ -258,7 +258,7 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
                 out.rmdir()
         raise
     if data.fit_outputs:
-        log(f"left out fit's own output folder(s) inside the folder: {', '.join(data.fit_outputs)}")
+        log(f"left out fit's own output folder(s) inside the folder: {', '.join(shown(p) for p in data.fit_outputs)}")
     log(f"{len(data.samples)} images in {len(data.classes)} classes ({', '.join(data.classes)}); "
         f"{len(data.bad)} unusable files skipped; {len(data.dropped)} duplicate files left out")
     log(data.notes[0])

@@ -42,6 +42,7 @@ from tlcourse.experiments.own_data.scan import TEST_FRACTION, UserData
 from tlcourse.explain import gradcam, gradcam_grid
 from tlcourse.inference import predict_proba
 from tlcourse.models import Preprocessing
+from tlcourse.paths import shown
 from tlcourse.plots import confusion_matrix, denormalize, image_grid
 from tlcourse.strategies import STRATEGY_LABELS
 
@@ -283,7 +284,7 @@ def finish(*, data: UserData, parts: dict[str, list[int]], candidates: list[Cand
     figures = _figures(model, chosen, data, parts["test"], y_test, pre, near)
     report.figures = figures
     report.seconds = log.elapsed()
-    log(f"done in {report.seconds:.1f} s: {out / 'report.html'}")
+    log(f"done in {report.seconds:.1f} s: {shown(out / 'report.html')}")
     report.decisions = log.lines
     atomic_write_text(out / "report.json", json.dumps(report.as_dict(), indent=2, default=str))
     atomic_write_text(out / "report.html", render_html(report, figures))
