@@ -22,11 +22,11 @@ from sphinx.cmd.build import build_main
 
 from tlcourse.courseware.slides import build_slides
 from tlcourse.experiments import decision_matrix as dm
+from tlcourse.experiments import results_file
 from tlcourse.strategies import STRATEGIES, STRATEGY_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-RESULTS = ROOT / "notebooks" / "results"
 
 
 def lesson_notebooks(root: Path = ROOT) -> list[Path]:
@@ -133,8 +133,8 @@ def stage(out: Path, root: Path = ROOT) -> list[Path]:
     generated.mkdir()
     (generated / "lessons.md").write_text(lessons_table(notebooks))
     (generated / "decision_matrix.md").write_text(
-        decision_matrix_table(json.loads((RESULTS / "04_decision_matrix_reference.json").read_text())))
-    (generated / "bf16_parity.md").write_text(bf16_table(json.loads((RESULTS / "bf16_parity.json").read_text())))
+        decision_matrix_table(json.loads(results_file("04_decision_matrix_reference.json").read_text())))
+    (generated / "bf16_parity.md").write_text(bf16_table(json.loads(results_file("bf16_parity.json").read_text())))
     build_slides(out=out / "_extra" / "slides", source=root / "notebooks")
     return notebooks
 
