@@ -249,3 +249,13 @@ def test_verdict_needs_the_interval_and_the_test_to_agree():
     assert compare("A", a, "B", b).startswith("no measurable difference between A and B")
     b[5] = False  # one more: p = 2 * 0.5**6 = 0.03125, and both agree
     assert compare("A", a, "B", b).startswith("A is better than B by 3.0 points")
+
+
+def test_measurable_is_the_rule_every_verdict_uses():
+    from tlcourse.evaluation import measurable, seeds_comparison
+
+    clear = seeds_comparison([0.85, 0.86, 0.84], [0.75, 0.77, 0.79])
+    close = seeds_comparison([0.78, 0.79, 0.80], [0.75, 0.77, 0.79])
+    assert measurable(clear) and "is better than" in verdict("a", "b", clear)
+    assert not measurable(close) and verdict("a", "b", close).startswith("no measurable difference")
+    assert not measurable(seeds_comparison([0.9], [0.5]))  # one seed: no interval, no verdict

@@ -29,8 +29,8 @@ from statsmodels.stats.proportion import proportion_confint  # type: ignore[impo
 
 __all__ = [
     "Estimate", "PairedComparison", "SeedComparison", "Split", "accuracy_ci", "compare",
-    "compare_seeds", "describe", "paired_comparison", "rank_table", "seeds_ci", "seeds_comparison",
-    "three_way_split", "verdict",
+    "compare_seeds", "describe", "measurable", "paired_comparison", "rank_table", "seeds_ci",
+    "seeds_comparison", "three_way_split", "verdict",
 ]
 
 
@@ -287,13 +287,23 @@ def _level(level: float) -> str:
     return f"{100.0 * level:g}%"
 
 
+def measurable(comparison: PairedComparison | SeedComparison) -> bool:
+    """The course's one rule for a difference it reports: the interval excludes 0 and the test
+    agrees (p below 1 - level). Over seeds it also needs an interval: 2 or more seeds on each side
+    and some spread. The interval and the test are computed differently and can disagree at the
+    edge; a verdict must not contradict either."""
+    c = comparison
+    if isinstance(c, SeedComparison) and (min(c.n_a, c.n_b) < 2 or math.isnan(c.low)):
+        return False
+    return (c.low > 0 or c.high < 0) and c.p_value < 1 - c.level
+
+
 def verdict(name_a: str, name_b: str, comparison: PairedComparison | SeedComparison) -> str:
     """The sentence a notebook prints for a comparison, with every number taken from it.
 
-    "A is better than B by x points (95% CI lo to hi, <test> p=...)" when the interval excludes 0
-    and the test agrees (p below 1 - level; the interval and the test are computed differently and
-    can disagree at the edge, and a verdict must not contradict either), else "no measurable
-    difference between A and B at this size (95% CI lo to hi points, <test> p=...)".
+    "A is better than B by x points (95% CI lo to hi, <test> p=...)" when the difference is
+    :func:`measurable`, else "no measurable difference between A and B at this size (95% CI lo to
+    hi points, <test> p=...)".
     """
     c = comparison
     if isinstance(c, SeedComparison):
@@ -308,7 +318,7 @@ def verdict(name_a: str, name_b: str, comparison: PairedComparison | SeedCompari
     else:
         test = "exact McNemar {p}"
     lvl = _level(c.level)
-    if (c.low > 0 or c.high < 0) and c.p_value < 1 - c.level:
+    if measurable(c):
         win, lose, sign = (name_a, name_b, 1.0) if c.low > 0 else (name_b, name_a, -1.0)
         lo, hi = sorted((sign * c.low, sign * c.high))
         return (f"{win} is better than {lose} by {_pts(sign * c.diff)} points "

@@ -196,14 +196,13 @@ def recommend(n_per_class: float, similarity: float, *, size_boundary: float = S
     advice, found = TEXTBOOK[quadrant], (evidence or {}).get(quadrant)
     # The reference run's finding for the quadrant decides where it names a strategy; the textbook's
     # other choices stay as alternatives. Without evidence, the textbook alone speaks.
-    chosen = next((f.choice for f in found.quoted if f.id.startswith("matrix.") and f.choice), None) if found else None
-    strategy = chosen or advice.choice
+    finding = next((f for f in found.quoted if f.id == f"matrix.{quadrant}"), None) if found else None
+    strategy = (finding.choice if finding else None) or advice.choice
     why = advice.why
     if strategy in advice.strategies[1:]:
         why += f" Of the textbook's choices, the reference run found {STRATEGY_LABELS[strategy]} enough here (finding below)."
     elif strategy != advice.choice:
-        better = any(f.measurable for f in found.quoted if f.id.startswith("matrix.")) if found else False
-        how = "better" if better else "as good within noise, and cheaper"
+        how = "better" if finding is not None and finding.measurable else "as good within noise, and cheaper"
         why += f" The reference run found {STRATEGY_LABELS[strategy]} {how} here (finding below)."
     return Recommendation(strategy=strategy, quadrant=quadrant, explanation=why,
                           n_per_class=float(n_per_class), similarity=float(similarity),

@@ -138,7 +138,7 @@ def textbook_verdict(quadrant: str, table: Mapping[str, Mapping[str, Any]]) -> t
         warnings.simplefilter("ignore", RuntimeWarning)
         c = evaluation.seeds_comparison(table[mine]["values"], table[rival]["values"])
     sentence = evaluation.verdict(mine, rival, c)
-    if min(c.n_a, c.n_b) >= 2 and not math.isnan(c.low) and c.p_value < 1 - c.level and (c.low > 0 or c.high < 0):
+    if evaluation.measurable(c):
         outcome = "textbook" if c.low > 0 else "other"
     else:
         outcome = "tie"

@@ -71,7 +71,8 @@ def _points(c: evaluation.SeedComparison) -> tuple[float, float | None, float | 
 
 
 def _measurable(c: evaluation.SeedComparison) -> bool:
-    return min(c.n_a, c.n_b) >= 3 and not math.isnan(c.low) and (c.low > 0 or c.high < 0) and c.p_value < 1 - c.level
+    """The course's rule (:func:`tlcourse.evaluation.measurable`), from at least 3 seeds a side."""
+    return min(c.n_a, c.n_b) >= 3 and evaluation.measurable(c)
 
 
 def _compare(a: Sequence[float], b: Sequence[float]) -> evaluation.SeedComparison:
