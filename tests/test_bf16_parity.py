@@ -1,4 +1,4 @@
-"""scripts/bf16_parity.py: float32 vs the course's bf16 default, trained and scored on the same images.
+"""tlcourse.experiments.bf16_parity (scripts/bf16_parity.py): float32 vs the course's bf16 default, trained and scored on the same images.
 
 The smoke run goes through the real code path (Alien vs Predator from the mirror, ResNet-18, the
 course's ``fit``) in seconds and resumes; the committed reference run must have the scale and the
@@ -7,7 +7,6 @@ answer the README quotes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,21 +15,14 @@ import pytest
 import torch
 
 from tlcourse import runtime
-from tlcourse.experiments import matrix_reference as ref
+from tlcourse.experiments import bf16_parity as script
+from tlcourse.experiments import reference_runs as ref
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tlcourse/experiments/results/bf16_parity.json"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("bf16_parity", ROOT / "scripts/bf16_parity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_each_run_asks_for_its_precision_explicitly_whatever_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    script = _script()
     for capable in (True, False):
         monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda capable=capable: capable)
         for precision in script.PRECISIONS:
@@ -46,7 +38,6 @@ def test_smoke_run_scores_both_precisions_on_the_same_images_and_resumes(tmp_pat
     if not mirror or not (Path(mirror) / "alien-vs-predator.zip").is_file():
         pytest.skip("set TLCOURSE_MIRROR to the course mirror (CI: ../shared/datasets)")
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
-    script = _script()
     out, progress = tmp_path / "parity.json", tmp_path / "rows.jsonl"
     doc = script.main(["--smoke", "--out", str(out), "--progress", str(progress)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))

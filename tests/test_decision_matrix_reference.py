@@ -7,10 +7,8 @@ test checks that the committed reference run has the scale notebook 04 and the a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -165,21 +163,12 @@ def test_the_boundary_is_calibrated_between_the_calibration_sets():
 # ---------------------------------------------------------------- the script, end to end
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("decision_matrix_reference", ROOT / "scripts/decision_matrix_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_smoke_run_writes_the_reference_format_and_resumes(tmp_path: Path, monkeypatch):
     mirror = os.environ.get("TLCOURSE_MIRROR")
     if not mirror or not (Path(mirror) / "cifar10-jpg.zip").is_file():
         pytest.skip("set TLCOURSE_MIRROR to the course mirror (CI: /work/shared/datasets)")
-    script = _script()
     out, progress = tmp_path / "ref.json", tmp_path / "rows.jsonl"
-    monkeypatch.setattr(sys, "argv", ["decision_matrix_reference.py", "--smoke", "--out", str(out)])
-    assert script.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
+    assert ref.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
     doc = json.loads(out.read_text())
     assert doc["meta"]["complete"] and doc["meta"]["smoke"] and "--smoke" in doc["meta"]["command"]
     assert doc["meta"]["hardware"]["packages"]["torch"] and doc["meta"]["backbone_lr"]
@@ -191,7 +180,7 @@ def test_smoke_run_writes_the_reference_format_and_resumes(tmp_path: Path, monke
             assert 1 <= r["epochs_used"] <= r["max_epochs"] and isinstance(r["stopped_on_plateau"], bool)
     assert {p["stage"] for p in doc["stage_probes"]} == set(models.backbone_spec("efficientnet_lite0").stage_names)
     lines = progress.read_text().count("\n")
-    assert script.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
+    assert ref.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
     assert progress.read_text().count("\n") == lines, "a restart must skip the finished runs"
 
 

@@ -7,6 +7,8 @@
 - :mod:`~tlcourse.experiments.advisor`           the similarity score and the advice that quotes them
 - :mod:`~tlcourse.experiments.own_data`          ``python -m tlcourse fit FOLDER``
 - :mod:`~tlcourse.experiments.distributed`       multi-process training (torchrun/DDP), a ``fit`` callback
+- :mod:`~tlcourse.experiments.bf16_parity`       does bf16 autocast train as well as float32 on a CPU?
+- :mod:`~tlcourse.experiments.reference_runs`    what every reference run shares: resumable rows, meta
 
 The committed reference runs ship inside the package (``results/``): :func:`results_file` finds
 them in a checkout and in an installed wheel alike.
