@@ -7,12 +7,12 @@ Five strategies (two probes, partial and full fine-tuning, from scratch) in four
 similar = two CIFAR-10 classes, dissimilar = PneumoniaMNIST, each at "small" and "large" (>= 1000
 images per class) training sizes, several seeds. Every finished run is appended to a progress
 file, so an interrupted run continues where it stopped; ``--smoke`` runs the same code at a tiny
-scale. The code is :func:`tlcourse.experiments.matrix_reference.main`.
+scale. The code is :func:`tlcourse.experiments.decision_matrix_reference.main`.
 """
 
 import sys
 
-from tlcourse.experiments.matrix_reference import main
+from tlcourse.experiments.decision_matrix_reference import main
 
 if __name__ == "__main__":
     sys.exit(main())

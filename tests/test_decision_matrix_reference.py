@@ -16,6 +16,7 @@ import torch
 
 from tlcourse import models, recipes, strategies
 from tlcourse.experiments import advisor, decision_matrix
+from tlcourse.experiments import decision_matrix_reference as dmr
 from tlcourse.experiments import matrix_reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +169,7 @@ def test_smoke_run_writes_the_reference_format_and_resumes(tmp_path: Path, monke
     if not mirror or not (Path(mirror) / "cifar10-jpg.zip").is_file():
         pytest.skip("set TLCOURSE_MIRROR to the course mirror (CI: /work/shared/datasets)")
     out, progress = tmp_path / "ref.json", tmp_path / "rows.jsonl"
-    assert ref.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
+    assert dmr.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
     doc = json.loads(out.read_text())
     assert doc["meta"]["complete"] and doc["meta"]["smoke"] and "--smoke" in doc["meta"]["command"]
     assert doc["meta"]["hardware"]["packages"]["torch"] and doc["meta"]["backbone_lr"]
@@ -180,7 +181,7 @@ def test_smoke_run_writes_the_reference_format_and_resumes(tmp_path: Path, monke
             assert 1 <= r["epochs_used"] <= r["max_epochs"] and isinstance(r["stopped_on_plateau"], bool)
     assert {p["stage"] for p in doc["stage_probes"]} == set(models.backbone_spec("efficientnet_lite0").stage_names)
     lines = progress.read_text().count("\n")
-    assert ref.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
+    assert dmr.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
     assert progress.read_text().count("\n") == lines, "a restart must skip the finished runs"
 
 

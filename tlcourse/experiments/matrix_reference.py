@@ -24,15 +24,9 @@ Test accuracy is measured once per run, and every row keeps its per-image result
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,20 +34,13 @@ import torch
 from torch import nn
 
 from tlcourse import data, models, recipes, strategies
-from tlcourse.experiments import decision_matrix
 from tlcourse.experiments.reference_runs import (
-    Runner,
     append_row,
     bits,
-    command_line,
-    deadline_at,
-    hardware,
-    log,
     read_rows,
     timed,
     unbits,
 )
-from tlcourse.paths import build_dir, shown
 from tlcourse.runtime import select_device
 from tlcourse.stages import split_at
 
@@ -387,130 +374,3 @@ def matrix_rows(progress_rows: Sequence[Mapping[str, Any]], last: str) -> tuple[
     rows.sort(key=lambda r: (strategies.QUADRANTS.index(r["quadrant"]), order[r["strategy"]], r["seed"]))
     return rows, stage_rows
 
-
-# --------------------------------------------------------------------------------------------
-# The reference run, in one command (scripts/decision_matrix_reference.py calls main)
-# --------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The reference run's command line: output, progress file, scale, threads, device, deadline."""
-    p = argparse.ArgumentParser(description="The reference run of notebook 04's decision matrix, at the textbook's scale.")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "04_decision_matrix_reference.json")
-    p.add_argument("--progress", type=Path, default=None,
-                   help="append-only progress file (default: build/decision_matrix_reference/<out stem>.jsonl)")
-    p.add_argument("--smoke", action="store_true", help="the same code path at a tiny scale (seconds)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best on a shared 2-core CPU)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where every run trains and extracts (auto: the GPU when there is one)")
-    p.add_argument("--deadline", default=None,
-                   help="UTC time HH:MM; runs whose measured duration would end after it are skipped and listed")
-    return p.parse_args(argv)
-
-
-def plan(scale: Scale) -> list[tuple[str, str, int]]:
-    """(size, domain, seed) in run order: seed-major, so any prefix is a balanced matrix."""
-    out = []
-    for seed in range(max(scale.seeds_small, scale.seeds_large)):
-        for size_name in ("small", "large"):
-            if seed in scale.seeds(size_name):
-                out += [(size_name, domain, seed) for domain in ("similar", "dissimilar")]
-    return out
-
-
-def _describe(row: dict[str, Any]) -> str:
-    if "stages" in row:
-        return "per-stage test accuracy " + str({st["stage"]: round(st["accuracy"], 3) for st in row["stages"]})
-    epochs = "" if "epochs_used" not in row else f", {row['epochs_used']} epochs, plateau {row['stopped_on_plateau']}"
-    return f"test {row.get('accuracy', float('nan')):.3f}{epochs}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run (or resume) the reference run and write its JSON + CSV; ``--smoke`` runs it in seconds."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    scale = SMOKE_SCALE if args.smoke else REFERENCE_SCALE
-    torch.set_num_threads(args.threads)
-    progress = args.progress or build_dir() / "decision_matrix_reference" / f"{args.out.stem}.jsonl"
-    runner = Runner(progress, deadline_at(args.deadline), describe=_describe)
-    t0 = time.time()
-    log(f"scale: {scale_dict(scale)}; {len(runner.done)} runs already in {shown(progress)}")
-    domains = {}
-    for name in ("similar", "dissimilar"):
-        d, sec = timed(lambda n=name: load_domain(n, scale))
-        _, sec2 = timed(lambda d=d: add_activations(d, scale, device=args.device))
-        domains[name] = d
-        log(f"{name}: {len(d['x'])} training-pool images, {len(d['val_y'])} validation, {len(d['test_y'])} test; "
-            f"decoded in {sec:.0f} s, activations in {sec2:.0f} s")
-    last = models.backbone_spec(scale.backbone).stage_names[-1]
-
-    # 1. The pretrained layers' learning rate, chosen once per domain on validation (partial_ft, large, seed 0).
-    chosen_lr = {}
-    for name, d in domains.items():
-        idx = d["subsets"]["large", 0]
-        vals = {}
-        for lr in scale.backbone_lrs:
-            row = runner.run(["sweep", name, lr], "sweep",
-                             partial(run_trained, "partial_ft", d, idx, "large", scale, 0, lr, device=args.device),
-                             dict(kind="lr_sweep", domain=name, backbone_lr=lr))
-            vals[lr] = (row["val_accuracy"], -abs(np.log10(lr) + 4)) if row else (-1, 0)
-        chosen_lr[name] = max(vals, key=lambda lr: vals[lr])
-        log(f"{name}: backbone learning rate {chosen_lr[name]:g} (validation accuracy by rate: "
-            + ", ".join(f"{lr:g}: {v[0]:.3f}" for lr, v in vals.items()) + ")")
-
-    # 2. The matrix, seed-major.
-    steps = plan(scale)
-    for k, (size_name, domain, seed) in enumerate(steps):
-        d, quadrant = domains[domain], f"{size_name}_{domain}"
-        idx = d["subsets"][size_name, seed]
-        base = dict(kind="matrix", quadrant=quadrant, domain=domain, dataset=d["dataset"],
-                    n_per_class=scale.n(size_name), seed=seed, size=scale.size)
-        runner.run(["probes", quadrant, seed], f"probes-{size_name}",
-                   partial(run_probes, d, idx, scale, seed), dict(base, kind="stage_probes"))
-        for strategy in strategies.TRAINED:
-            runner.run([strategy, quadrant, seed], f"{strategy}-{quadrant}",
-                       partial(run_trained, strategy, d, idx, size_name, scale, seed, chosen_lr[domain],
-                               device=args.device),
-                       dict(base, strategy=strategy))
-        kinds = [kind for s, dom, _ in steps[k + 1:]
-                 for kind in [f"probes-{s}"] + [f"{t}-{s}_{dom}" for t in strategies.TRAINED]]
-        log(f"progress: {k + 1}/{len(steps)} subsets in {(time.time() - t0) / 60:.1f} min this session; "
-            f"ETA {runner.eta(kinds)}")
-        write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=False)
-    write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=True)
-    log(f"done: {shown(args.out)}")
-    return 0
-
-
-def write_reference(args: argparse.Namespace, argv: Sequence[str], scale: Scale, runner: Runner,
-                    chosen_lr: dict[str, float], last: str, seconds: float, *, complete: bool) -> None:
-    """The result file (JSON + CSV) from the rows so far, with the ``meta`` a reader needs to trust it."""
-    rows, stage_rows = matrix_rows(runner.rows, last)
-    sweep = [{k: r[k] for k in ("domain", "backbone_lr", "val_accuracy", "epochs_used", "stopped_on_plateau",
-                                "seconds")} for r in runner.rows if r.get("kind") == "lr_sweep"]
-    meta = dict(
-        kind="decision_matrix_reference", complete=complete and not runner.skipped,
-        command=command_line("scripts/decision_matrix_reference.py", argv),
-        written=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", hardware=hardware(args.threads, args.device),
-        wall_seconds_this_session=round(seconds), run_seconds_total=round(sum(r["seconds"] for r in runner.rows)),
-        backbone=scale.backbone, size=scale.size, small=scale.small, large=scale.large,
-        seeds={"small": scale.seeds("small"), "large": scale.seeds("large")}, scale=scale_dict(scale),
-        backbone_lr=chosen_lr, lr_sweep=sweep, cut_stage=cut_stage(scale), last_stage=last,
-        skipped=runner.skipped, smoke=args.smoke,
-        budget=("trained strategies: Adam, batch %d, random horizontal flips, early stopping on validation accuracy "
-                "(patience %d of at most %d epochs small, %d of %d large), best-validation weights restored; head "
-                "lr %g, pretrained layers at the rate chosen on validation, scratch all at %g; probes: standardised "
-                "logistic regression, C from %s chosen on validation; probe_early = the best earlier stage on "
-                "validation" % (scale.batch_size, scale.patience_small, scale.max_epochs_small, scale.patience_large,
-                                scale.max_epochs_large, scale.head_lr, scale.scratch_lr, list(scale.probe_cs))),
-        data=("similar: CIFAR-10 %s (32 px upsampled to %d; validation carved from CIFAR's train split, test from "
-              "its test split); dissimilar: PneumoniaMNIST, the course mirror's balanced copy (1214 training images "
-              "per class; the official file has 1,214 normal and 3,494 pneumonia), 28 px upsampled to %d, validation "
-              "from its val split, test = its test split" % ("/".join(scale.similar_classes), scale.size, scale.size)),
-        test_per_class=scale.test_per_class, val_per_class=scale.val_per_class)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    decision_matrix.save_results(rows, args.out, meta, extra={"stage_probes": stage_rows})
-
-
-if __name__ == "__main__":
-    sys.exit(main())
