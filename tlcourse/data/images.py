@@ -10,12 +10,21 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["Transform", "image_problem", "load_rgb", "to_rgb"]
+__all__ = ["DRAFT_MIN_SIDE", "Transform", "image_problem", "load_rgb", "to_rgb"]
+
+#: JPEGs are decoded by :func:`load_rgb` at a reduced scale (1/2, 1/4 or 1/8, in the DCT domain:
+#: Pillow's ``Image.draft``) as long as both sides stay at least this many pixels, before any
+#: resize. 320 is above the largest resize the course's backbones ask for at 224 px (256 for
+#: Lite0, 232 for ResNet-50), so the exact resize that follows still downsamples. A 4000x3000
+#: phone photo then decodes at 500x375, several times faster than in full; images up to twice
+#: this size are decoded in full as before. ``None`` (or ``draft_size=None``) turns it off.
+DRAFT_MIN_SIDE: int | None = 320
 
 #: What a dataset applies to each PIL image (a torchvision transform, usually).
 Transform = Callable[[Image.Image], Any]
@@ -58,22 +67,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def load_rgb(path: str | os.PathLike[str], draft_size: int | None | EllipsisType = ...) -> Image.Image:
     """Open any image as upright RGB: brain-mri mixes L, RGBA and palette files, phones store
     photos sideways with an EXIF "rotate me" tag, and models want 3 channels.
 
-    A GIF gives its first frame. See :func:`to_rgb` for how each mode becomes RGB.
+    A GIF gives its first frame. See :func:`to_rgb` for how each mode becomes RGB. A JPEG whose
+    sides are both at least twice ``draft_size`` is decoded at 1/2, 1/4 or 1/8 scale, the smallest
+    that keeps both sides >= ``draft_size`` (``...``: :data:`DRAFT_MIN_SIDE`; ``None``: always in
+    full). The returned image is then smaller than the file says; the aspect ratio is kept.
     """
+    if draft_size is ...:
+        draft_size = DRAFT_MIN_SIDE
     with warnings.catch_warnings():
         # Pillow only warns between 1x and 2x its pixel limit; _refuse_huge refuses instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         opened = Image.open(path)
     with opened:
         _refuse_huge(opened)
+        if draft_size is not None and opened.format == "JPEG":
+            _draft(opened, draft_size)
         # Phones save the sensor's orientation plus a tag saying how to turn it; without this a
         # portrait photo reaches the model lying on its side.
         upright = ImageOps.exif_transpose(opened)
         return to_rgb(upright)
+
+
+def _draft(image: Image.Image, min_side: int) -> None:
+    """Ask libjpeg to decode ``image`` at the smallest DCT scale keeping both sides >= ``min_side``.
+
+    Pillow picks the scale from the requested size; the mode is kept (CMYK stays CMYK for
+    :func:`to_rgb`). A request that allows no reduction leaves the image as it is.
+    """
+    if min_side < 1:
+        raise ValueError(f"draft_size must be a positive number of pixels or None, got {min_side}")
+    width, height = image.size
+    if min(width, height) >= 2 * min_side:
+        image.draft(image.mode, (min_side, min_side))
 
 
 def _refuse_huge(image: Image.Image) -> None:

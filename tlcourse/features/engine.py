@@ -37,11 +37,16 @@ from tlcourse.paths import build_dir
 from tlcourse.runtime import DeviceSettings, select_device
 
 __all__ = ["CPU_DECODE_AHEAD", "CPU_ENGINE", "CPU_ENGINE_BATCH", "CPU_INFERENCE_WORKERS", "ENGINES", "ENGINE_FORMAT",
-           "WORKER_MIN_BATCHES", "EngineSettings", "EngineUnavailable", "OnnxFeatures", "engine_key", "engine_settings",
-           "export_features", "onnx_path", "release_sessions"]
+           "PRECISIONS", "WORKER_MIN_BATCHES", "EngineSettings", "EngineUnavailable", "OnnxFeatures", "engine_key",
+           "engine_settings", "export_features", "int8_path", "onnx_path", "quantize_int8", "release_sessions"]
 
 #: The engines a frozen backbone's forward pass can run on.
 ENGINES = ("eager", "onnxruntime")
+
+#: The numeric formats ONNX Runtime can run a frozen backbone in: ``"int8"`` is the float32 export
+#: statically quantized by :func:`quantize_int8` (QDQ, per-channel weights, activations calibrated
+#: on training images), which uses the CPU's int8 dot products (VNNI) where it has them.
+PRECISIONS = ("float32", "int8")
 
 #: The CPU's inference engine for frozen backbones; eager PyTorch stays the route on CUDA/MPS, in
 #: bf16, and the fallback when an export fails.
@@ -92,6 +97,8 @@ class EngineSettings:
         workers: DataLoader workers that decode while the engine computes.
         decode_ahead: decode the next batch on a background thread meanwhile instead.
         engine_batch: ONNX Runtime's slice of a batch (``None``: the whole batch).
+        precision: ``"float32"`` or ``"int8"`` (ONNX Runtime only: the graph quantized by
+            :func:`quantize_int8`, which needs calibration images; see :class:`OnnxFeatures`).
     """
 
     engine: str = "eager"
@@ -99,10 +106,15 @@ class EngineSettings:
     workers: int = 0
     decode_ahead: bool = False
     engine_batch: int | None = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"Unknown engine {self.engine!r}; use one of {ENGINES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; use one of {PRECISIONS}")
+        if self.precision == "int8" and self.engine != "onnxruntime":
+            raise ValueError("precision='int8' runs on ONNX Runtime only: use engine='onnxruntime' (a CPU)")
 
 
 def _workers_pay_off() -> bool:
@@ -119,6 +131,7 @@ def engine_settings(
     workers: int | None = None,
     decode_ahead: bool | None = None,
     engine_batch: int | None | EllipsisType = ...,
+    precision: str = "float32",
 ) -> EngineSettings:
     """The inference engine's settings for ``device`` (a ``DeviceSettings`` brings its precision).
 
@@ -126,6 +139,7 @@ def engine_settings(
     slices of :data:`CPU_ENGINE_BATCH` images (``engine_batch=...``), decoding ahead on a thread
     (:data:`CPU_DECODE_AHEAD`) or in :data:`CPU_INFERENCE_WORKERS` workers; eager PyTorch on a
     GPU, on MPS and in bf16 (ONNX Runtime runs only on the CPU, only in float32).
+    ``precision="int8"`` asks for the statically quantized graph (ONNX Runtime on a CPU only).
     """
     settings = device if isinstance(device, DeviceSettings) else None
     if settings is not None:
@@ -144,7 +158,7 @@ def engine_settings(
     if engine_batch is ...:
         engine_batch = CPU_ENGINE_BATCH if on_engine else None
     return EngineSettings(engine=engine, threads=threads, workers=int(workers), decode_ahead=bool(decode_ahead),
-                          engine_batch=engine_batch)
+                          engine_batch=engine_batch, precision=precision)
 
 
 class EngineUnavailable(RuntimeError):
@@ -231,13 +245,21 @@ class OnnxFeatures:
         batch: run a batch in slices of this many images (``None``: all at once); smaller
             slices keep the activations in the CPU cache (:data:`CPU_ENGINE_BATCH`).
         root: the folder of the exported files (default ``build/onnx``).
+        precision: ``"float32"`` (the export) or ``"int8"``: the export quantized by
+            :func:`quantize_int8`, kept beside it (:func:`int8_path`) and made from
+            ``calibration`` (normalised training images at the input size, (N, C, H, W)) the first
+            time; without ``calibration`` and without a kept file, :class:`EngineUnavailable`.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], forward: Forward, *, threads: int,
                  spin: bool = True, batch: int | None = None,
-                 root: str | os.PathLike[str] | None = None) -> None:
+                 root: str | os.PathLike[str] | None = None, precision: str = "float32",
+                 calibration: torch.Tensor | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}; use one of {PRECISIONS}")
         self.model, self.names, self.forward = model, list(names), forward
         self.threads, self.spin, self.batch, self.root = threads, spin, batch, root
+        self.precision, self.calibration = precision, calibration
         self.sessions: dict[tuple[int, ...], Any] = {}
         self.exported: list[Path] = []  # the files exported (not loaded from the cache) by this object
 
@@ -289,7 +311,31 @@ class OnnxFeatures:
                 raise EngineUnavailable("ONNX Runtime could not load the exported graph")
             self.exported.append(path)
             self._check(session, example, path)
+        if self.precision == "int8":
+            session = self._int8_session(ort, path, shape)
         self.sessions[shape] = session
+        return session
+
+    def _int8_session(self, ort: Any, path: Path, shape: tuple[int, ...]) -> Any:
+        """The session of the int8 graph beside ``path``: loaded, or quantized now from ``calibration``."""
+        quantized = int8_path(path)
+        session = self._load(ort, quantized)
+        if session is not None:
+            return session
+        if self.calibration is None:
+            raise EngineUnavailable(f"no int8 graph for inputs {shape} yet: pass calibration images (training "
+                                    "images at this size) or make one with features.engine.quantize_int8")
+        if tuple(self.calibration.shape[1:]) != shape:
+            raise EngineUnavailable(f"calibration images are {tuple(self.calibration.shape[1:])}, the inputs {shape}: "
+                                    "calibrate at the size you extract at")
+        try:
+            quantize_int8(path, self.calibration, quantized)
+        except Exception as err:  # noqa: BLE001 - a quantizer failure means "run in float32"
+            raise EngineUnavailable(f"int8 quantization failed ({type(err).__name__}: {str(err)[:160]})") from err
+        session = self._load(ort, quantized)
+        if session is None:
+            raise EngineUnavailable("ONNX Runtime could not load the int8 graph")
+        self.exported.append(quantized)
         return session
 
     def _check(self, session: Any, example: torch.Tensor, path: Path) -> None:
@@ -315,6 +361,82 @@ class OnnxFeatures:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: (N, D) float32}`` for the batch ``x`` (N, C, H, W)."""
         return self._run(self.session(x), x)
+
+
+def int8_path(source: str | os.PathLike[str]) -> Path:
+    """Where :func:`quantize_int8` keeps the int8 version of the float32 graph ``source``."""
+    source = Path(source)
+    return source.with_name(f"{source.stem}.int8{source.suffix or '.onnx'}")
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader: ``{input: batch}`` for consecutive slices of ``images``."""
+
+    def __init__(self, name: str, images: np.ndarray, batch: int) -> None:
+        self.name, self.images, self.batch, self.start = name, images, batch, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.start >= len(self.images):
+            return None
+        part = self.images[self.start:self.start + self.batch]
+        self.start += self.batch
+        return {self.name: part}
+
+    def rewind(self) -> None:
+        self.start = 0
+
+
+def quantize_int8(source: str | os.PathLike[str], calibration: torch.Tensor | np.ndarray,
+                  out: str | os.PathLike[str] | None = None, *, per_channel: bool = True, batch: int = 16,
+                  activations: str = "uint8") -> Path:
+    """Statically quantize the float32 ONNX graph ``source`` to int8; returns the new file.
+
+    ONNX Runtime's ``quantize_static`` in QDQ format: weights int8 per output channel, activations
+    with ranges calibrated (min-max) on ``calibration``. ``activations="uint8"`` (asymmetric) runs
+    ONNX Runtime's fast u8s8 kernels (VNNI); ``"int8"`` (symmetric) stays closer to float32 but
+    was slower than float32 on the course's 2-core CPU (``python -m benchmarks --only headline``
+    reports both against float32). Whether the features still serve is for the probe's accuracy
+    to say, not their distance to float32's. ``calibration``: the graph's input exactly as the
+    caller feeds it: normalised *training* images (N, C, H, W) at the input size, a few dozen to a
+    few hundred (test images would leak into the model). The graph is first shape-inferred and
+    optimised (``quant_pre_process``) when that works. ``out`` defaults to :func:`int8_path`;
+    written atomically. The result is a different model: compare its accuracy with the float32
+    graph's on the same test images (``tlcourse.evaluation.paired_comparison``) before using it.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations must be 'uint8' or 'int8', got {activations!r}")
+    ort = _import_onnxruntime()
+    source = Path(source)
+    out = Path(out) if out is not None else int8_path(source)
+    images = calibration.detach().float().cpu().numpy() if isinstance(calibration, torch.Tensor) else calibration
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"calibration must be a non-empty batch of images (N, C, H, W), got shape {images.shape}")
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 3  # the optimiser lists every unused constant as a warning
+    probe = ort.InferenceSession(str(source), quiet, providers=["CPUExecutionProvider"])
+    name = probe.get_inputs()[0].name
+    del probe
+    with atomic_path(out) as tmp:
+        prepared = tmp.with_name(tmp.name + ".pre.onnx")
+        try:
+            try:
+                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+                model_input = prepared
+            except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not a requirement
+                model_input = source
+            quantize_static(str(model_input), str(tmp), _Calibration(name, images, batch),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": activations == "int8"})
+        finally:
+            with contextlib.suppress(OSError):
+                prepared.unlink()
+    return out
 
 
 def release_sessions() -> int:
