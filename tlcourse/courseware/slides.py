@@ -154,23 +154,202 @@ def split_long_prose(markdown: str, budget: int = 0) -> tuple[str, str]:
     return "\n\n".join(shown), "\n\n".join(notes)
 
 
-def presentable(nb: Any) -> Any:
-    """A copy of the notebook as the deck shows it: long prose split into slide + speaker notes."""
+#: Lines of code one slide shows; a longer cell continues on sub-slides (split at blank lines).
+MAX_CODE_LINES = 22
+#: Lines of text output (a log, a printed result) one slide shows; the full text goes to the notes.
+MAX_OUTPUT_LINES = 10
+#: Rows of a table one slide shows; the full table goes to the notes.
+MAX_TABLE_ROWS = 8
+#: Characters of code or output one slide line holds before it wraps (wrapped lines count as lines).
+CHARS_PER_LINE = 110
+
+
+def _visual_lines(text: str) -> int:
+    """Lines ``text`` takes on a slide where lines wrap at :data:`CHARS_PER_LINE` characters."""
+    return sum(max(1, -(-len(line) // CHARS_PER_LINE)) for line in text.splitlines())
+
+
+def _as_printed(text: str) -> str:
+    """Terminal text as it ends up on screen: a carriage return (a progress bar) rewrites its line."""
+    return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
+                     for line in text.split("\n"))
+
+
+def shorten_text(text: str, budget: int = 0) -> tuple[str, bool]:
+    """(what the slide shows, whether it was cut) for a log or printed result.
+
+    Within ``budget`` wrapped lines (default :data:`MAX_OUTPUT_LINES`) the text stays whole. Past it,
+    the slide shows the first lines and the last ones (where a log says how it ended), with a line
+    between them that says how many lines the speaker notes add.
+    """
+    budget = budget or MAX_OUTPUT_LINES
+    lines = text.rstrip("\n").split("\n")
+    if _visual_lines(text) <= budget:
+        return text, False
+    head_budget, tail_budget = (budget - 1) // 3, budget - 1 - (budget - 1) // 3
+    head, used = [], 0
+    for line in lines:
+        cost = _visual_lines(line)
+        if used + cost > head_budget:
+            break
+        head.append(line)
+        used += cost
+    tail, used = [], 0
+    for line in reversed(lines[len(head):]):
+        cost = _visual_lines(line)
+        if used + cost > tail_budget:
+            break
+        tail.insert(0, line)
+        used += cost
+    if not head and not tail:  # one enormous line
+        return lines[0][: CHARS_PER_LINE * (budget - 1)] + f"\n⋯ {len(text):,} characters in all: the full text is in the speaker notes", True
+    hidden = len(lines) - len(head) - len(tail)
+    middle = f"⋯ {hidden} more line{'s' * (hidden != 1)} in the speaker notes (press s) ⋯" if hidden else \
+        "⋯ long lines shortened: the full text is in the speaker notes (press s) ⋯"
+    return "\n".join([*head, middle, *tail]) + "\n", True
+
+
+_ROW = re.compile(r"<tr\b.*?</tr>", flags=re.S | re.I)
+
+
+def shorten_table(html: str, rows: int = 0) -> tuple[str, int]:
+    """(the HTML with each table's body cut to ``rows`` rows, how many rows were left out).
+
+    A row that says how many more rows the speaker notes hold replaces the ones left out.
+    """
+    rows = rows or MAX_TABLE_ROWS
+    left_out = 0
+
+    def cut(body: re.Match[str]) -> str:
+        nonlocal left_out
+        found = _ROW.findall(body.group(2))
+        if len(found) <= rows:
+            return body.group(0)
+        left_out += len(found) - rows
+        columns = max(1, len(re.findall(r"<t[dh]\b", found[0], flags=re.I)))
+        more = (f'<tr class="tl-more"><td colspan="{columns}">⋯ {len(found) - rows} more rows in the '
+                "speaker notes (press s)</td></tr>")
+        return body.group(1) + "".join(found[:rows]) + more + body.group(3)
+
+    html = re.sub(r"(<tbody\b[^>]*>)(.*?)(</tbody>)", cut, html, flags=re.S | re.I)
+    return html, left_out
+
+
+def split_code(source: str, budget: int = 0) -> list[str]:
+    """A long code cell in parts of at most ``budget`` wrapped lines (default :data:`MAX_CODE_LINES`),
+    cut at blank lines where it can (between statements), else at the budget."""
+    budget = budget or MAX_CODE_LINES
+    if _visual_lines(source) <= budget:
+        return [source]
+    parts, current, used = [], [], 0
+    for line in source.split("\n"):
+        cost = _visual_lines(line)
+        if current and used + cost > budget:
+            # go back to the last blank line in this part, when there is one past its first half
+            blank = max((j for j, text in enumerate(current) if not text.strip()), default=-1)
+            if blank > len(current) // 2:
+                carry = current[blank + 1:]
+                current = current[:blank]
+            else:
+                carry = []
+            parts.append("\n".join(current).strip("\n"))
+            current, used = carry, sum(_visual_lines(t) for t in carry)
+        current.append(line)
+        used += cost
+    parts.append("\n".join(current).strip("\n"))
+    return [p for p in parts if p.strip()]
+
+
+def _fenced(text: str, lang: str = "") -> str:
+    fence = "````" if "```" in text else "```"
+    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
+
+
+def _shorten_outputs(outputs: list[Any]) -> tuple[list[Any], list[str]]:
+    """(the outputs as the slide shows them, the notes that hold what was cut)."""
     import copy
 
+    shown, notes = [], []
+    for output in outputs:  # consecutive writes to one stream become one block, as on screen
+        if output.get("output_type") == "stream" and shown and shown[-1].get("output_type") == "stream" \
+                and shown[-1].get("name") == output.get("name"):
+            shown[-1]["text"] += output.get("text", "")
+            continue
+        shown.append(copy.deepcopy(output))
+    for output in shown:
+        if output.get("output_type") == "stream":
+            text = _as_printed(output.get("text", ""))
+            output["text"], cut = shorten_text(text)
+            if cut:
+                notes.append("Full output:\n\n" + _fenced(text, "text"))
+            continue
+        data = output.get("data", {})
+        if "text/html" in data:
+            html = data["text/html"] if isinstance(data["text/html"], str) else "".join(data["text/html"])
+            data["text/html"], left_out = shorten_table(html)
+            if left_out:
+                notes.append(data["text/markdown"] if "text/markdown" in data else html)
+                data.pop("text/markdown", None)
+            continue
+        if "text/plain" in data and not any(m in data for m in (*IMAGE_MIMES, "text/markdown", "text/latex")):
+            text = data["text/plain"] if isinstance(data["text/plain"], str) else "".join(data["text/plain"])
+            data["text/plain"], cut = shorten_text(text)
+            if cut:
+                notes.append("Full output:\n\n" + _fenced(text, "text"))
+    return shown, notes
+
+
+def _notes_cell(text: str) -> Any:
     from nbformat.v4 import new_markdown_cell
+
+    note = new_markdown_cell(text)
+    note.metadata["slideshow"] = {"slide_type": "notes"}
+    return note
+
+
+def presentable(nb: Any) -> Any:
+    """A copy of the notebook as the deck shows it, with what would not fit a slide moved aside.
+
+    Long prose: supporting paragraphs go to the speaker notes (:func:`split_long_prose`). Long code
+    continues on sub-slides (:func:`split_code`). Long logs and printed results show their first and
+    last lines, long tables their first rows, and the speaker notes hold them whole
+    (:func:`shorten_text`, :func:`shorten_table`). The notebook itself is left as it is.
+    """
+    import copy
 
     nb = copy.deepcopy(nb)
     cells = []
     for cell in nb.cells:
-        cells.append(cell)
-        if cell.cell_type == "markdown" and slide_type(cell) not in ("skip", "notes"):
+        kind = slide_type(cell)
+        if kind in ("skip", "notes"):
+            cells.append(cell)
+            continue
+        if cell.cell_type == "markdown":
+            cells.append(cell)
             shown, notes = split_long_prose(cell.source)
             if notes:
                 cell.source = shown
-                note = new_markdown_cell(notes)
-                note.metadata["slideshow"] = {"slide_type": "notes"}
-                cells.append(note)
+                cells.append(_notes_cell(notes))
+            continue
+        if cell.cell_type != "code":
+            cells.append(cell)
+            continue
+        parts = split_code(cell.source)
+        for n, part in enumerate(parts[:-1]):
+            piece = copy.deepcopy(cell)
+            piece.source, piece.outputs = part, []
+            piece.execution_count = None  # no "Out" prompt: the results come with the last part
+            if n:
+                piece.metadata["slideshow"] = {"slide_type": "subslide"}
+            if "id" in cell:
+                piece.id = f"{cell.id}-part{n + 1}"
+            cells.append(piece)
+        if len(parts) > 1:
+            cell.source = parts[-1]
+            cell.metadata["slideshow"] = {"slide_type": "subslide"}
+        cell.outputs, notes = _shorten_outputs(cell.get("outputs", []))
+        cells.append(cell)
+        cells.extend(_notes_cell(note) for note in notes)
     nb.cells = cells
     return nb
 
@@ -319,3 +498,103 @@ def build_slides(
                      "executed": all(c.get("execution_count") for c in nb.cells
                                      if c.cell_type == "code" and c.source.strip())})
     return rows
+
+
+# ---------------------------------------------------------------- does every slide fit the screen?
+
+#: The viewport the fit check and the handouts use (a 720p projector).
+VIEWPORT = (1280, 720)
+#: Slack, in slide pixels, for sub-pixel rounding when comparing content with the slide.
+FIT_TOLERANCE = 2
+
+#: JavaScript that visits every slide of a ready reveal.js deck with all its fragments shown and
+#: measures, in slide pixels (reveal.js's width x height, before it scales to the window), the
+#: box around every visible element of the slide, and the elements that cut their own content off
+#: (a scrolled or hidden overflow: the audience cannot scroll a projected slide).
+MEASURE_JS = r"""(() => {
+  Reveal.configure({transition: 'none', backgroundTransition: 'none'});
+  const cfg = Reveal.getConfig(), W = cfg.width, H = cfg.height;
+  const rows = [];
+  for (const slide of Reveal.getSlides()) {
+    const at = Reveal.getIndices(slide);
+    Reveal.slide(at.h, at.v || 0);
+    while (Reveal.nextFragment()) {}
+    const scale = Reveal.getScale() || 1;
+    const box = slide.closest('.slides').getBoundingClientRect();
+    let top = Infinity, bottom = -Infinity, left = Infinity, right = -Infinity;
+    const clipped = [];
+    for (const el of slide.querySelectorAll('*')) {
+      if (el.closest('aside.notes')) continue;
+      const r = el.getBoundingClientRect();
+      if (r.width === 0 && r.height === 0) continue;
+      top = Math.min(top, r.top); bottom = Math.max(bottom, r.bottom);
+      left = Math.min(left, r.left); right = Math.max(right, r.right);
+      const style = getComputedStyle(el);
+      const hiddenX = style.overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 2;
+      const hiddenY = style.overflowY !== 'visible' && el.scrollHeight > el.clientHeight + 2;
+      if ((hiddenX || hiddenY) && el.clientHeight > 0) {
+        clipped.push({tag: el.tagName.toLowerCase(), cls: String(el.className).slice(0, 60),
+                      hidden_width: Math.max(0, el.scrollWidth - el.clientWidth),
+                      hidden_height: Math.max(0, el.scrollHeight - el.clientHeight)});
+      }
+    }
+    const heading = slide.querySelector('h1, h2, h3, h4');
+    rows.push({h: at.h, v: at.v || 0, width: W, height: H,
+               title: (heading ? heading.textContent : (slide.textContent || '')).replace(/[¶\s]+/g, ' ').trim().slice(0, 70),
+               content_width: isFinite(left) ? (right - left) / scale : 0,
+               content_height: isFinite(top) ? (bottom - top) / scale : 0,
+               off_top: isFinite(top) ? (box.top - top) / scale : 0,
+               off_bottom: isFinite(bottom) ? (bottom - box.bottom) / scale : 0,
+               off_left: isFinite(left) ? (box.left - left) / scale : 0,
+               off_right: isFinite(right) ? (right - box.right) / scale : 0,
+               clipped: clipped.slice(0, 5)});
+  }
+  Reveal.slide(0, 0);
+  return rows;
+})()"""
+
+
+@dataclass(frozen=True)
+class SlideFit:
+    """How one slide's content compares with the slide, in slide pixels (all fragments shown)."""
+
+    h: int
+    v: int
+    title: str
+    width: int  # the slide (reveal.js's configured width and height)
+    height: int
+    content_width: float  # the box around everything the slide shows
+    content_height: float
+    outside: float  # the most any content sticks out past an edge of the slide (0 when inside)
+    clipped: tuple[dict[str, Any], ...]  # elements that hide part of their own content (scroll boxes)
+
+    @property
+    def fits(self) -> bool:
+        """True when the audience sees all of the slide: nothing outside it, nothing scrolled away."""
+        return (self.content_height <= self.height + FIT_TOLERANCE and self.content_width <= self.width + FIT_TOLERANCE
+                and self.outside <= FIT_TOLERANCE and not self.clipped)
+
+    def describe(self) -> str:
+        """One line for a failure message or a report."""
+        what = f"slide {self.h}.{self.v} {self.title[:50]!r}: content {self.content_width:.0f}x{self.content_height:.0f}" \
+               f" on a {self.width}x{self.height} slide"
+        if self.outside > FIT_TOLERANCE:
+            what += f", {self.outside:.0f} px outside it"
+        if self.clipped:
+            c = self.clipped[0]
+            what += f", {len(self.clipped)} box(es) hiding content (e.g. <{c['tag']} class={c['cls']!r}> hides " \
+                    f"{c['hidden_width']}x{c['hidden_height']} px)"
+        return what
+
+
+def measure_deck(browser: Any, url: str) -> list[SlideFit]:
+    """Open the deck at ``url`` in ``browser`` (a :class:`tlcourse.courseware.browser.Chromium`) and
+    measure every slide with all its fragments shown, at the viewport :data:`VIEWPORT`."""
+    browser.set_viewport(*VIEWPORT)
+    browser.open(url)
+    browser.wait_for("typeof Reveal !== 'undefined' && Reveal.isReady()", timeout=20)
+    rows = browser.evaluate(MEASURE_JS)
+    return [SlideFit(h=r["h"], v=r["v"], title=r["title"], width=r["width"], height=r["height"],
+                     content_width=r["content_width"], content_height=r["content_height"],
+                     outside=max(0.0, r["off_top"], r["off_bottom"], r["off_left"], r["off_right"]),
+                     clipped=tuple(r["clipped"])) for r in rows]
