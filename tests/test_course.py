@@ -77,3 +77,22 @@ def test_a_lesson_setup_prints_at_most_three_lines_and_no_path(capsys, monkeypat
     assert lesson.cfg["EPOCHS"] == 2 and 1 <= len(out) <= 3
     assert "profile default" in out[0] and "python -m tlcourse env" in out[-1]
     assert not any("/" in line.replace("python -m", "") for line in out[:-1])
+
+
+def test_the_parameters_cell_holds_the_default_values_and_a_profile_says_what_it_changes(capsys, monkeypatch):
+    from tlcourse.courseware import course
+
+    monkeypatch.delenv("TLCOURSE_PROFILE", raising=False)
+    profiles = {"ci": {"EPOCHS": 1, "SEEDS": [0, 1, 2]}, "gpu": {"EPOCHS": 10}}
+    cell = {"EPOCHS": 4, "SEEDS": [0, 1, 2], "LR": 1e-3}
+    lesson = course.setup("default", profiles, cell, device="cpu", threads=1)
+    assert lesson.cfg == {"EPOCHS": 4, "SEEDS": [0, 1, 2]} and cell["EPOCHS"] == 4
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2, "the default profile changes nothing"
+    lesson = course.setup("ci", profiles, cell, device="cpu", threads=1)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert cell["EPOCHS"] == lesson.cfg["EPOCHS"] == 1, "the globals hold the values in effect"
+    assert len(out) == 3 and out[-1] == "profile ci changes the parameters cell: EPOCHS=1"
+    pinned = {"EPOCHS": 7, "SEEDS": [0], "PINNED": ["EPOCHS"]}
+    assert course.setup("ci", profiles, pinned, device="cpu", threads=1, quiet=True).cfg == {"EPOCHS": 7, "SEEDS": [0, 1, 2]}
+    with pytest.raises(ValueError, match="default, ci, gpu"):
+        course.setup("huge", profiles, cell, device="cpu", threads=1)

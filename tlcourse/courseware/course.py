@@ -15,14 +15,14 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from tlcourse.courseware.results import PROFILE_ENV, resolve_profile
+from tlcourse.courseware.results import PROFILE_ENV
 from tlcourse.paths import build_dir, project_root
 from tlcourse.runtime import DeviceSettings, apply_thread_policy, device_settings, seed_everything
 
@@ -50,27 +50,44 @@ class Lesson:
         return self.cfg[knob]
 
 
-def setup(profile: str, profiles: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any] | None = None, *,
+def setup(profile: str, profiles: Mapping[str, Mapping[str, Any]], params: MutableMapping[str, Any] | None = None, *,
           device: str | None = None, threads: int | None = None, seed: int = 0, quiet: bool = False) -> Lesson:
     """Apply a notebook's profile, device, CPU-thread policy and seed; print where it runs.
 
-    ``$TLCOURSE_PROFILE`` overrides ``profile`` (CI's nbval runs set it). Every knob of the
-    profile that ``params`` (pass ``globals()``: the parameters cell) sets to something other
-    than ``None`` wins over the profile. A profile may set ``THREADS``; see
-    :func:`tlcourse.runtime.apply_thread_policy`.
+    The parameters cell holds the values of the default profile, so a learner sees the values in
+    effect; ``profiles`` holds only what the other profiles (``ci``, ``gpu``) change, and a third
+    printed line lists those changes. Names injected by papermill (listed in ``PINNED``) keep their
+    injected value under any profile. ``params`` (pass ``globals()``) is updated to the values in
+    effect, and ``Lesson.cfg`` holds them too. ``$TLCOURSE_PROFILE`` overrides ``profile``.
+
+    (Older notebooks put a ``"default"`` entry in ``profiles`` and ``None`` in the parameters cell
+    for "take it from the profile"; that still works: a value that is not ``None`` wins.)
     """
     profile = os.environ.get(PROFILE_ENV, profile)
-    if profile not in profiles:
-        raise ValueError(f"Unknown profile {profile!r}; this notebook has profiles: {', '.join(profiles)}")
-    overrides = {k: params[k] for k in profiles[profile] if params is not None and k in params}
-    cfg = resolve_profile(profile, profiles, **overrides)
+    if profile not in profiles and profile != "default":
+        raise ValueError(f"Unknown profile {profile!r}; this notebook has profiles: "
+                         f"{', '.join(dict.fromkeys(['default', *profiles]))}")
+    params = {} if params is None else params
+    knobs = [k for table in profiles.values() for k in table]
+    cfg = {k: params[k] for k in dict.fromkeys(knobs) if params.get(k) is not None}
+    pinned, old_style, changed = set(params.get("PINNED", ())), "default" in profiles, []
+    for key, value in profiles.get(profile, {}).items():
+        if key in pinned or (old_style and params.get(key) is not None):
+            continue
+        if not old_style and cfg.get(key) != value:
+            changed.append(f"{key}={value!r}")
+        cfg[key] = value
+    if not old_style:
+        params.update(cfg)
     settings = device_settings(device)
     wanted = threads if threads is not None else cfg.get("THREADS")
     used = apply_thread_policy(wanted or None) if settings.device.type == "cpu" else torch.get_num_threads()
     seed_everything(seed)
-    if not quiet:  # two lines; `python -m tlcourse env` (environment.report_text) prints the full report
+    if not quiet:  # at most three lines; `python -m tlcourse env` (environment.report_text) prints the full report
         print(f"profile {profile}, device {settings.device}, {used} CPU thread(s), seed {seed}")
         print(f"torch {torch.__version__.split('+')[0]}; the full environment report: python -m tlcourse env")
+        if changed:
+            print(f"profile {profile} changes the parameters cell: {', '.join(changed)}")
     return Lesson(profile=profile, cfg=cfg, settings=settings, threads=used, seed=seed)
 
 
@@ -96,7 +113,8 @@ def execute_notebook(
     learner sees it; other profiles are injected as ``PROFILE = "<name>"`` after the parameters cell.
     ``cell_timeout`` (seconds) turns a cell that never finishes into an error naming that cell,
     instead of a run that hangs (CI uses it; ``None`` waits forever). ``parameters`` are
-    injected too (for example ``{"BACKBONE": "resnet18"}``).
+    injected too (for example ``{"BACKBONE": "resnet18"}``), and listed in ``PINNED`` so that no
+    profile overrides them (:func:`setup`).
     """
     import papermill as pm
 
@@ -107,7 +125,8 @@ def execute_notebook(
         pm.execute_notebook(
             str(path),
             str(output),
-            parameters={**({} if profile == "default" else {"PROFILE": profile}), **(parameters or {})},
+            parameters={**({} if profile == "default" else {"PROFILE": profile}), **(parameters or {}),
+                        **({"PINNED": sorted(parameters)} if parameters else {})},
             kernel_name=kernel_name,
             cwd=str(path.parent),
             progress_bar=progress,
