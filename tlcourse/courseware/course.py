@@ -190,3 +190,38 @@ def run_course(
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def tlcourse_names(notebook: Path) -> set[str]:
+    """The ``tlcourse`` names a notebook's code uses: each name imported from the package, and each
+    attribute read from an imported ``tlcourse`` module (``data.course_dataset``), as dotted paths.
+
+    A learner has to hold these in their head to read the lesson; the course keeps them few.
+    """
+    import ast
+    import importlib
+    import json
+
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+    tree = ast.parse(code)
+    modules: dict[str, str] = {}  # alias -> module path
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tlcourse":
+            for a in node.names:
+                path = f"{node.module}.{a.name}"
+                try:
+                    importlib.import_module(path)
+                    modules[a.asname or a.name] = path
+                except ImportError:
+                    names.add(path)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "tlcourse" and a.asname:
+                    modules[a.asname] = a.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            names.add(f"{modules[node.value.id]}.{node.attr}")
+    return names
