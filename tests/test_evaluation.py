@@ -259,3 +259,25 @@ def test_measurable_is_the_rule_every_verdict_uses():
     assert measurable(clear) and "is better than" in verdict("a", "b", clear)
     assert not measurable(close) and verdict("a", "b", close).startswith("no measurable difference")
     assert not measurable(seeds_comparison([0.9], [0.5]))  # one seed: no interval, no verdict
+
+
+def test_the_detectable_difference_shrinks_with_test_images_and_seeds():
+    from tlcourse.evaluation import detectable_over_seeds, detectable_paired
+
+    big, small = detectable_paired(2000, accuracy=0.9), detectable_paired(200, accuracy=0.9)
+    assert 0.02 < big < 0.03 and small == pytest.approx(big * 10 ** 0.5, rel=1e-3), "1/sqrt(n): 10x the images"
+    assert detectable_paired(2000, discordant=0.05) < big, "models that share their errors can be told apart sooner"
+    assert detectable_over_seeds(10, seed_sd=0.01) < detectable_over_seeds(3, seed_sd=0.01) < 0.04
+    assert math.isnan(detectable_over_seeds(2, seed_sd=0.01)), "no interval from fewer than 3 seeds"
+    with pytest.raises(ValueError):
+        detectable_paired(0)
+
+
+def test_two_seeds_give_no_interval_and_no_verdict():
+    from tlcourse.evaluation import describe, measurable, seeds_ci, seeds_comparison
+
+    e = seeds_ci([0.747, 0.30])
+    assert math.isnan(e.low) and describe("scratch", e) == "scratch: 52.3% (2 seeds, no interval)"
+    c = seeds_comparison([0.90, 0.91], [0.50, 0.52])
+    assert math.isnan(c.low) and not measurable(c)
+    assert compare_seeds("A", [0.90, 0.91], "B", [0.50, 0.52]).startswith("fewer than 3 seeds, no interval")

@@ -11,7 +11,11 @@ scipy; this module only chooses the methods, checks the inputs and words the res
   Newcombe's (1998) square-and-add interval for the paired difference (his method 10), built from
   the two statsmodels Wilson intervals and the phi correlation of the paired table;
 * several seeds: mean with sample std (ddof=1) and a Student t interval (scipy); two recipes:
-  Welch's t-test and its interval (scipy ``ttest_ind(equal_var=False)``).
+  Welch's t-test and its interval (scipy ``ttest_ind(equal_var=False)``); no interval, and so no
+  verdict, from fewer than :data:`MIN_SEEDS` seeds;
+* before running: the smallest difference a design can detect (statsmodels ``power``):
+  :func:`detectable_paired` for two models on the same test images, :func:`detectable_over_seeds`
+  for two recipes over seeds.
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ from typing import Any
 import numpy as np
 from scipy import stats  # type: ignore[import-untyped]
 from statsmodels.stats.contingency_tables import mcnemar  # type: ignore[import-untyped]
+from statsmodels.stats.power import NormalIndPower, TTestIndPower  # type: ignore[import-untyped]
 from statsmodels.stats.proportion import proportion_confint  # type: ignore[import-untyped]
 
 __all__ = [
-    "Estimate", "PairedComparison", "SeedComparison", "Split", "accuracy_ci", "compare",
-    "compare_seeds", "describe", "measurable", "paired_comparison", "rank_table", "seeds_ci",
-    "seeds_comparison", "three_way_split", "verdict",
+    "MIN_SEEDS", "Estimate", "PairedComparison", "SeedComparison", "Split", "accuracy_ci", "compare",
+    "compare_seeds", "describe", "detectable_over_seeds", "detectable_paired", "measurable", "paired_comparison",
+    "rank_table", "seeds_ci", "seeds_comparison", "three_way_split", "verdict",
 ]
+
+#: The fewest training seeds an interval over seeds is computed from (two seeds give a t interval
+#: so wide, and a spread so unreliable, that printing it teaches noise).
+MIN_SEEDS = 3
 
 
 # --------------------------------------------------------------------------- split protocol
@@ -222,14 +231,14 @@ def _as_values(values: Iterable[float], what: str) -> tuple[float, ...]:
 def seeds_ci(values: Iterable[float], level: float = 0.95) -> Estimate:
     """Mean over training seeds with sample std (ddof=1) and a Student t interval (scipy).
 
-    Seeds measure how much a result moves when only the randomness changes. With one value there
-    is no spread to measure: the bounds and std are NaN and the verdicts say "one seed, no interval".
+    Seeds measure how much a result moves when only the randomness changes. With fewer than
+    :data:`MIN_SEEDS` values the bounds and std are NaN and :func:`describe` says "no interval".
     """
     _check_level(level)
     vals = _as_values(values, "values")
     mean = float(np.mean(vals))
-    if len(vals) < 2:
-        return Estimate(mean, math.nan, math.nan, 1, level, math.nan, vals)
+    if len(vals) < MIN_SEEDS:
+        return Estimate(mean, math.nan, math.nan, len(vals), level, math.nan, vals)
     std = float(np.std(vals, ddof=1))
     half = float(stats.t.ppf((1.0 + level) / 2.0, len(vals) - 1)) * std / math.sqrt(len(vals))
     return Estimate(mean, mean - half, mean + half, len(vals), level, std, vals)
@@ -254,14 +263,14 @@ def seeds_comparison(values_a: Iterable[float], values_b: Iterable[float],
                      level: float = 0.95) -> SeedComparison:
     """Welch's t-test and interval (scipy ``ttest_ind(equal_var=False)``) between two seed lists.
 
-    Welch because two recipes need not vary equally across seeds. With one seed on either side,
-    or no spread on both, the interval and p-value are NaN (undefined), never a guess.
+    Welch because two recipes need not vary equally across seeds. With fewer than :data:`MIN_SEEDS`
+    seeds on either side, or no spread on both, the interval and p-value are NaN, never a guess.
     """
     _check_level(level)
     a, b = _as_values(values_a, "values_a"), _as_values(values_b, "values_b")
     mean_a, mean_b = float(np.mean(a)), float(np.mean(b))
     low = high = p_value = math.nan
-    if min(len(a), len(b)) >= 2 and (np.std(a) > 0 or np.std(b) > 0):
+    if min(len(a), len(b)) >= MIN_SEEDS and (np.std(a) > 0 or np.std(b) > 0):
         with warnings.catch_warnings():
             # scipy warns about "catastrophic cancellation" when one side has no spread (e.g. a
             # strategy at exactly chance on every seed); Welch's test is well defined there.
@@ -270,6 +279,38 @@ def seeds_comparison(values_a: Iterable[float], values_b: Iterable[float],
         ci = result.confidence_interval(confidence_level=level)
         low, high, p_value = float(ci.low), float(ci.high), float(result.pvalue)
     return SeedComparison(mean_a - mean_b, low, high, p_value, len(a), len(b), mean_a, mean_b, level)
+
+
+# --------------------------------------------------------------------------- design: what a run can detect
+
+def detectable_paired(n_test: int, *, accuracy: float = 0.85, discordant: float | None = None,
+                      level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest accuracy difference two models scored on the same ``n_test`` images can detect
+    (two-sided, at ``level``, with probability ``power``).
+
+    Per image the difference is -1, 0 or +1; its variance is about the share of images on which
+    the two models disagree, ``discordant``. Without a measured value it is taken as
+    ``2 * accuracy * (1 - accuracy)``: models that err independently, the pessimistic case (models
+    fine-tuned from the same weights share most of their errors). statsmodels' normal power
+    solves for the effect size of a one-sample test on those per-image differences.
+    """
+    _check_level(level)
+    if n_test < 1:
+        raise ValueError(f"n_test must be at least 1, got {n_test}")
+    disc = 2 * accuracy * (1 - accuracy) if discordant is None else discordant
+    effect = NormalIndPower().solve_power(nobs1=n_test, alpha=1 - level, power=power, ratio=0)
+    return float(effect * math.sqrt(disc))
+
+
+def detectable_over_seeds(seeds: int, *, seed_sd: float, level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest difference in mean accuracy two recipes, each run with ``seeds`` seeds, can
+    detect when one run's accuracy varies by ``seed_sd`` between seeds (statsmodels' two-sample
+    t-test power; NaN below :data:`MIN_SEEDS`, where the course gives no interval at all)."""
+    _check_level(level)
+    if seeds < MIN_SEEDS:
+        return math.nan
+    effect = TTestIndPower().solve_power(nobs1=seeds, alpha=1 - level, power=power, ratio=1.0)
+    return float(effect * seed_sd)
 
 
 # --------------------------------------------------------------------------- verdict sentences
@@ -289,11 +330,11 @@ def _level(level: float) -> str:
 
 def measurable(comparison: PairedComparison | SeedComparison) -> bool:
     """The course's one rule for a difference it reports: the interval excludes 0 and the test
-    agrees (p below 1 - level). Over seeds it also needs an interval: 2 or more seeds on each side
-    and some spread. The interval and the test are computed differently and can disagree at the
+    agrees (p below 1 - level). Over seeds it also needs an interval: :data:`MIN_SEEDS` or more
+    seeds on each side and some spread. The interval and the test are computed differently and can disagree at the
     edge; a verdict must not contradict either."""
     c = comparison
-    if isinstance(c, SeedComparison) and (min(c.n_a, c.n_b) < 2 or math.isnan(c.low)):
+    if isinstance(c, SeedComparison) and (min(c.n_a, c.n_b) < MIN_SEEDS or math.isnan(c.low)):
         return False
     return (c.low > 0 or c.high < 0) and c.p_value < 1 - c.level
 
@@ -308,8 +349,9 @@ def verdict(name_a: str, name_b: str, comparison: PairedComparison | SeedCompari
     c = comparison
     if isinstance(c, SeedComparison):
         test = f"Welch t-test {{p}}, {c.n_a} vs {c.n_b} seeds"
-        if min(c.n_a, c.n_b) < 2:
-            return (f"one seed, no interval: {name_a} {_pts(c.mean_a)}% vs {name_b} {_pts(c.mean_b)}% "
+        if min(c.n_a, c.n_b) < MIN_SEEDS:
+            few = "one seed" if min(c.n_a, c.n_b) == 1 else f"fewer than {MIN_SEEDS} seeds"
+            return (f"{few}, no interval: {name_a} {_pts(c.mean_a)}% vs {name_b} {_pts(c.mean_b)}% "
                     f"({name_a} minus {name_b} = {_pts(c.diff)} points); run more seeds before "
                     "calling a winner")
         if math.isnan(c.low):
@@ -353,11 +395,11 @@ def describe(name: str, estimate: Estimate) -> str:
     """One line for one result: "A: 97.5% (95% CI 95.1 to 98.8, n=200)".
 
     Over seeds: "A: 91.2% (95% CI 90.1 to 92.3, n=3 seeds, sd 0.4 points)", or
-    "A: 91.2% (one seed, no interval)".
+    "A: 91.2% (one seed, no interval)" (or "2 seeds, no interval": fewer than :data:`MIN_SEEDS`).
     """
     e = estimate
-    if e.over_seeds and e.n < 2:
-        return f"{name}: {_pts(e.value)}% (one seed, no interval)"
+    if e.over_seeds and e.n < MIN_SEEDS:
+        return f"{name}: {_pts(e.value)}% ({'one seed' if e.n == 1 else f'{e.n} seeds'}, no interval)"
     tail = f"n={e.n} seeds, sd {_pts(e.std)} points" if e.over_seeds else f"n={e.n}"
     return f"{name}: {_pts(e.value)}% ({_level(e.level)} CI {_pts(e.low)} to {_pts(e.high)}, {tail})"
 
