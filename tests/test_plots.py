@@ -125,3 +125,20 @@ def test_confusion_matrix_counts_and_tensor_inputs():
 def test_confusion_matrix_rejects_labels_without_a_name():
     with pytest.raises(ValueError, match="outside"):
         confusion_matrix([0, 3], [0, 1], ["a", "b"])
+
+
+def test_forest_and_interval_plots_draw_each_row_with_its_interval():
+    from tlcourse import plots
+
+    rows = [{"label": "A minus B", "value": 0.05, "low": 0.01, "high": 0.09, "measurable": True},
+            {"label": "C minus B", "value": -0.01, "low": -0.04, "high": 0.02, "measurable": False}]
+    fig = plots.forest(rows)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["C minus B", "A minus B"]
+    lines = [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2 and line.get_linestyle() == "-"]
+    assert (1.0, 9.0) in [tuple(round(v, 6) for v in x) for x in lines], "intervals are drawn in points"
+    assert any(line.get_linestyle() == "--" and tuple(line.get_xdata()) == (0, 0) for line in ax.lines)
+    dots = plots.intervals([{"label": "probe", "value": 0.9, "low": 0.85, "high": 0.93}])
+    assert dots.axes[0].get_xlim()[0] > 50, "no bars from zero: the axis starts near the estimates"
+    with pytest.raises(ValueError, match="Nothing to draw"):
+        plots.forest([])

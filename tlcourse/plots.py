@@ -1,4 +1,4 @@
-"""Figures: image grids, training curves and confusion matrices.
+"""Figures: image grids, training curves, confusion matrices, and comparisons with their intervals.
 
 Every function takes data and returns a ``matplotlib.figure.Figure``; none calls ``plt.show``.
 
@@ -23,7 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["confusion_matrix", "denormalize", "image_grid", "training_curves"]
+__all__ = ["confusion_matrix", "denormalize", "forest", "image_grid", "intervals", "training_curves"]
 
 RIGHT_COLOR = "green"
 WRONG_COLOR = "red"
@@ -238,3 +238,46 @@ def confusion_matrix(
                     color="white" if matrix[i, j] > threshold else "black",
                 )
     return fig
+
+
+def _interval_axes(rows: Sequence[Mapping[str, Any]], title: str, xlabel: str, zero: float | None,
+                   colour_by: str | None) -> Figure:
+    """One row per entry, a dot at ``value`` and a line from ``low`` to ``high`` (in points)."""
+    if not rows:
+        raise ValueError("Nothing to draw: pass at least one row with value, low and high.")
+    fig = Figure(figsize=(6.4, 0.9 + 0.42 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    for i, r in enumerate(reversed(list(rows))):
+        value, low, high = (100 * float(r[k]) for k in ("value", "low", "high"))
+        strong = bool(r.get(colour_by, True)) if colour_by else True
+        colour = "tab:blue" if strong else "tab:gray"
+        if math.isfinite(low) and math.isfinite(high):
+            ax.plot([low, high], [i, i], color=colour, lw=2.2, solid_capstyle="butt")
+        ax.plot([value], [i], "o", color=colour, ms=6)
+    labels = [str(r["label"]) for r in reversed(list(rows))]
+    ax.set_yticks(range(len(rows)), labels=labels)
+    if zero is not None:
+        ax.axvline(zero, color="black", lw=0.8, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "Difference with its 95% interval",
+           xlabel: str = "difference in test accuracy (points)") -> Figure:
+    """A forest plot: each comparison's difference (``value``) with its interval (``low``, ``high``),
+    fractions of 1, drawn in points around a dashed zero line. Rows whose ``measurable`` is false
+    are grey: their interval and test do not rule out zero (:func:`tlcourse.evaluation.measurable`).
+
+    ``rows``: ``[{"label": "backbone 1e-4 minus 1e-3", "value": -0.02, "low": -0.04, "high": 0.0,
+    "measurable": False}, ...]``, drawn top to bottom.
+    """
+    return _interval_axes(rows, title, xlabel, 0.0, "measurable")
+
+
+def intervals(rows: Sequence[Mapping[str, Any]], *, title: str = "Accuracy with its 95% interval",
+              xlabel: str = "test accuracy (%)") -> Figure:
+    """A dot plot of estimates (``value``) with intervals (``low``, ``high``), fractions of 1, one
+    row each, top to bottom; no bars from zero, so the axis shows where the estimates differ."""
+    return _interval_axes(rows, title, xlabel, None, None)
