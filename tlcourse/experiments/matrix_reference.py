@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from tlcourse import data, models, recipes, strategies
 from tlcourse.experiments.reference_runs import (
@@ -41,7 +42,8 @@ from tlcourse.experiments.reference_runs import (
     timed,
     unbits,
 )
-from tlcourse.runtime import select_device
+from tlcourse.features.extract import extract_activations
+from tlcourse.runtime import device_settings, select_device
 from tlcourse.stages import split_at
 
 __all__ = [
@@ -132,24 +134,29 @@ def to_inputs(images: torch.Tensor, size: int, mean: Sequence[float], std: Seque
 
 
 def stage_activations(model: nn.Module, x: torch.Tensor, cut: str | None, batch_size: int = 64,
-                      device: str | torch.device | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+                      device: str | torch.device | None = None, *, mirror: bool = False,
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Globally pooled output of every stage (``{stage: (N, C)}``) and the full map of stage ``cut``.
 
-    One eval-mode forward pass per batch on ``device`` (results on the CPU); the pooled outputs
+    One eval-mode float32 forward pass per batch on ``device`` (results on the CPU), through the
+    course's one extraction loop (:func:`tlcourse.features.extract_activations`, eager PyTorch with
+    this process's thread count, so the numbers do not depend on an engine); the pooled outputs
     feed the per-stage probes, the map of ``cut`` (the last frozen stage) feeds :class:`TopStages`.
+    ``mirror=True`` also returns the map of every mirrored image: ``(pooled, (maps, flipped maps))``.
     """
-    device = select_device(device)
-    model.eval().to(device)
-    pooled: dict[str, list[torch.Tensor]] = {}
-    maps: list[torch.Tensor] = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            outs = models.stage_outputs(model, x[i:i + batch_size].to(device))
-            for name, out in outs.items():
-                pooled.setdefault(name, []).append(out.float().mean(dim=(-2, -1)).cpu())
-            if cut is not None:
-                maps.append(outs[cut].float().cpu().clone())
-    return {k: torch.cat(v) for k, v in pooled.items()}, (torch.cat(maps) if cut is not None else None)
+    names = models.backbone_spec(model).stage_names
+    settings = device_settings(select_device(device), inference=True, bf16=False, channels_last=False,
+                               batch_size=batch_size)
+    found = extract_activations(model, TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), names,
+                                maps=[cut] if cut is not None else [], mirror=mirror, device=settings,
+                                engine="eager", threads=torch.get_num_threads(), num_workers=0, progress=False)
+    pooled = {name: found.plain[name] for name in names}
+    maps = flipped = None
+    if cut is not None:
+        maps = pooled[cut]
+        pooled[cut] = torch.cat([m.mean(dim=(-2, -1)) for m in maps.split(batch_size)])
+        flipped = found.flipped[cut] if found.flipped is not None else None
+    return pooled, ((maps, flipped) if mirror else maps)  # type: ignore[return-value]
 
 
 class TopStages(nn.Module):
@@ -308,11 +315,11 @@ def load_domain(name: str, scale: Scale) -> dict[str, Any]:
 
 
 def add_activations(d: dict[str, Any], scale: Scale, device: str | torch.device | None = None) -> None:
-    """Per-stage pooled features (probes) and the cut stage's maps, plain and mirrored (partial_ft)."""
+    """Per-stage pooled features (probes) and the cut stage's maps, plain and mirrored (partial_ft):
+    one pass over the training pool with its mirror images, one over validation, one over test."""
     model = models.build_backbone(scale.backbone)
     cut = cut_stage(scale)
-    d["pooled"], d["maps"] = stage_activations(model, d["x"], cut, device=device)
-    d["maps_flipped"] = stage_activations(model, d["x"].flip(-1), cut, device=device)[1]
+    d["pooled"], (d["maps"], d["maps_flipped"]) = stage_activations(model, d["x"], cut, device=device, mirror=True)
     d["val_pooled"], d["val_maps"] = stage_activations(model, d["val_x"], cut, device=device)
     d["test_pooled"], d["test_maps"] = stage_activations(model, d["test_x"], cut, device=device)
 

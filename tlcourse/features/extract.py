@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ from tlcourse.hooks import capture
 from tlcourse.models import backbone_spec, head_of, stage_layers
 from tlcourse.runtime import DeviceSettings, device_settings
 
-__all__ = ["POOLED", "Extraction", "ExtractionReport", "extract_features", "extract_stage_features"]
+__all__ = ["POOLED", "Activations", "Extraction", "ExtractionReport", "Sink", "extract_activations", "extract_features",
+           "extract_stage_features"]
 
 #: The name of the "layer" that is the head's input (the final pooled features).
 POOLED = "pooled"
@@ -165,6 +167,156 @@ def _engine_of(settings: DeviceSettings, engine: EngineSettings | str | None, th
     return dataclasses.replace(engine, threads=threads) if threads is not None else engine
 
 
+#: ``sink(plain, flipped, labels)``: receives each batch's activations (``flipped`` is None without a mirror).
+Sink = Callable[[dict[str, torch.Tensor], "dict[str, torch.Tensor] | None", torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Activations:
+    """What :func:`extract_activations` returns: ``{name: (N, ...)}`` of every image (``plain``)
+    and of its mirror image (``flipped``, None without ``mirror``), the labels, how the pass ran
+    and its seconds. With a ``sink`` the batches went there, and ``plain``/``flipped`` are empty."""
+
+    plain: dict[str, torch.Tensor]
+    flipped: dict[str, torch.Tensor] | None
+    labels: torch.Tensor
+    report: ExtractionReport
+    seconds: float
+
+
+def _pooled_except(maps: set[str], run: Callable[[torch.Tensor], dict[str, Any]]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``run`` with every output globally pooled except the layers in ``maps`` (kept whole, float)."""
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: (v[0] if isinstance(v, (tuple, list)) else v).float() if name in maps else global_pool(v)
+                for name, v in run(x).items()}
+    return forward
+
+
+@contextlib.contextmanager
+def _forward(model: nn.Module, layers: Sequence[str | None], maps: set[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+    """:func:`_capture`, with the layers in ``maps`` kept as whole feature maps."""
+    if not maps:
+        with _capture(model, layers) as run:
+            yield run
+        return
+    names = [POOLED if layer is None else layer for layer in layers]
+    if not has_backbone_spec(model) or POOLED in maps:
+        raise ValueError("Whole feature maps come from the stages of a registry backbone (tlcourse.models.build_backbone)")
+    targets: dict[str, nn.Module] = dict(stage_layers(model, [n for n in names if n != POOLED]))
+    if POOLED in names:
+        targets[POOLED] = head_of(model)
+    with capture(model, targets, inputs={POOLED} & set(targets), stop_after=True) as run:
+        yield _pooled_except(maps, run)
+
+
+def extract_activations(
+    model: nn.Module,
+    data: DataLoader | Dataset,
+    layers: Sequence[str | None],
+    *,
+    maps: Sequence[str] = (),
+    mirror: bool = False,
+    sink: Sink | None = None,
+    on_rate: Callable[[float], None] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | DeviceSettings | None = None,
+    engine: EngineSettings | str | None = None,
+    num_workers: int | None = None,
+    progress: bool | str = True,
+    threads: int | None = None,
+) -> Activations:
+    """The course's one frozen-backbone pass: activations of several layers of every image.
+
+    ``layers`` holds stage names and/or ``None`` (the head's input, keyed ``"pooled"``); each is
+    global-average pooled to one vector per image, except the stages named in ``maps``, kept as
+    whole feature maps (float32). ``mirror=True`` sends every batch together with its horizontal
+    flip (one decode, two views) and returns the flip's activations as ``flipped``. ``sink``
+    receives each batch instead of memory (the disk cache writes it to a file, so memory does
+    not grow with the dataset); ``on_rate`` gets the seconds per image of the first batch after
+    the warm-up one (the first batch when there is only one), to announce the pass's length.
+
+    The model runs in eval mode under ``torch.inference_mode`` on ``device`` (moved there, and
+    back to where it was afterwards) with the device's settings (channels_last, autocast).
+    ``engine``: an :class:`EngineSettings`, an engine's name or ``None`` (the CPU policy of
+    :func:`engine_settings` for ``device``): on a CPU in float32, ONNX Runtime in slices of
+    ``engine.engine_batch`` images while a background thread decodes the next batch
+    (``engine.decode_ahead``) or ``engine.workers`` DataLoader workers decode (``num_workers=None``;
+    an explicit count wins); eager PyTorch on CUDA/MPS, in bf16 and as the fallback, its CPU thread
+    count chosen by timing the first batches (:class:`~tlcourse.cpu_threads.ThreadChooser`) unless
+    ``threads`` (or ``engine.threads``) fixes it. ``progress`` may be a progress bar's label.
+    """
+    start = time.perf_counter()
+    settings = device_settings(device, inference=True, batch_size=batch_size)
+    knobs = _engine_of(settings, engine, threads)
+    cpu = settings.device.type == "cpu"
+    chooser = ThreadChooser(knobs.threads, cpu=cpu)
+    loader = _as_loader(data, settings, knobs.workers, num_workers)
+    workers = int(getattr(loader, "num_workers", 0))
+    names = [POOLED if name is None else name for name in layers]
+    whole = set(maps)
+    unknown = whole - set(names)
+    if unknown:
+        raise ValueError(f"maps names layers that are not extracted: {sorted(unknown)}; add them to layers")
+    plain: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    flipped: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    labels: list[torch.Tensor] = []
+    was_training = model.training
+    home = next(iter(model.parameters()), torch.empty(0)).device
+    settings.prepare(model.eval())
+    use_engine = cpu and knobs.engine == "onnxruntime" and settings.amp_dtype is None
+    ahead = use_engine and knobs.decode_ahead and workers == 0
+    onnx: OnnxFeatures | None = None
+    total = _length(loader)
+    try:
+        with torch.inference_mode(), settings.autocast(), _forward(model, layers, whole) as run, \
+                decoded_batches(loader, ahead=ahead) as batches:
+            if use_engine:
+                onnx = OnnxFeatures(model, names, run, threads=engine_threads(workers, knobs.threads),
+                                    spin=workers == 0 and not ahead, batch=knobs.engine_batch)
+            desc = progress if isinstance(progress, str) else "features"
+            for step, (inputs, targets) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False,
+                                                          total=total)):
+                tick = time.perf_counter()
+                x = torch.cat([inputs, inputs.flip(-1)]) if mirror else inputs
+                found = _engine_features(onnx, x) if onnx is not None else None
+                if found is None:
+                    onnx = None
+                    chooser.before_batch()
+                    found = run(settings.to_device(x))
+                half = len(inputs)
+                view = {name: found[name][:half].float().cpu() for name in names}
+                mirrored = {name: found[name][half:].float().cpu() for name in names} if mirror else None
+                target = torch.as_tensor(targets).long().cpu()
+                labels.append(target)
+                if sink is not None:
+                    sink(view, mirrored, target)
+                else:
+                    for name in names:
+                        plain[name].append(view[name])
+                        if mirrored is not None:
+                            flipped[name].append(mirrored[name])
+                if onnx is None:
+                    chooser.after_batch(len(x))
+                if on_rate is not None and (step == 1 or total == 1):
+                    on_rate((time.perf_counter() - tick) / max(1, half))
+    finally:
+        eager_threads = chooser.restore()
+        model.train(was_training)
+        if home != settings.device:
+            model.to(home)
+    if onnx is not None:
+        report = ExtractionReport("onnxruntime", workers, ahead, onnx.threads)
+    else:
+        report = ExtractionReport("eager", workers, ahead, eager_threads, dict(chooser.rates))
+    if not labels:
+        raise ValueError("No samples to extract features from (empty dataset or loader)")
+    if sink is not None:
+        return Activations({}, {} if mirror else None, torch.cat(labels), report, time.perf_counter() - start)
+    return Activations({n: torch.cat(v) for n, v in plain.items()},
+                       {n: torch.cat(v) for n, v in flipped.items()} if mirror else None,
+                       torch.cat(labels), report, time.perf_counter() - start)
+
+
 def extract_stage_features(
     model: nn.Module,
     data: DataLoader | Dataset,
@@ -181,61 +333,13 @@ def extract_stage_features(
 
     ``layers`` holds stage names (``backbone_spec(model).stage_names``) and/or ``None`` for the
     final pooled features (keyed ``"pooled"``). Stage feature maps are global-average pooled, so
-    each image gives one vector per stage. The model runs in eval mode under
-    ``torch.inference_mode`` with the device's settings (channels_last, autocast); its previous
-    train/eval mode is restored afterwards.
-
-    ``engine`` is an :class:`EngineSettings`, an engine's name or ``None`` (the CPU policy of
-    :func:`engine_settings` for ``device``). On ONNX Runtime (a CPU, float32) the features come
-    with :func:`~tlcourse.cpu_threads.engine_threads` threads in slices of ``engine.engine_batch``
-    images, while a background thread decodes the next batch (``engine.decode_ahead``) or
-    ``engine.workers`` DataLoader workers decode (``num_workers=None``; an explicit count wins).
-    Eager PyTorch (CUDA/MPS, bf16, or the fallback) picks its CPU thread count by timing the first
-    batches (:class:`~tlcourse.cpu_threads.ThreadChooser`) unless ``threads`` (or
-    ``engine.threads``) fixes it; the process's setting is restored. The returned
-    :class:`Extraction` unpacks as ``features, labels``; its ``report`` records how the pass ran.
+    each image gives one vector per stage. The pass is :func:`extract_activations` (device,
+    engine, threads as there); the returned :class:`Extraction` unpacks as ``features, labels``;
+    its ``report`` records how the pass ran.
     """
-    settings = device_settings(device, inference=True, batch_size=batch_size)
-    knobs = _engine_of(settings, engine, threads)
-    cpu = settings.device.type == "cpu"
-    chooser = ThreadChooser(knobs.threads, cpu=cpu)
-    loader = _as_loader(data, settings, knobs.workers, num_workers)
-    workers = int(getattr(loader, "num_workers", 0))
-    was_training = model.training
-    settings.prepare(model.eval())
-    outputs: dict[str, list[torch.Tensor]] = {POOLED if name is None else name: [] for name in layers}
-    labels: list[torch.Tensor] = []
-    use_engine = cpu and knobs.engine == "onnxruntime" and settings.amp_dtype is None
-    ahead = use_engine and knobs.decode_ahead and workers == 0
-    onnx: OnnxFeatures | None = None
-    try:
-        with torch.inference_mode(), settings.autocast(), _capture(model, layers) as run, \
-                decoded_batches(loader, ahead=ahead) as batches:
-            if use_engine:
-                onnx = OnnxFeatures(model, list(outputs), run, threads=engine_threads(workers, knobs.threads),
-                                    spin=workers == 0 and not ahead, batch=knobs.engine_batch)
-            for inputs, targets in tqdm(batches, desc="features", disable=not progress,
-                                        leave=False, total=_length(loader)):
-                found = _engine_features(onnx, inputs) if onnx is not None else None
-                if found is None:
-                    onnx = None
-                    chooser.before_batch()
-                    found = run(settings.to_device(inputs))
-                for name, feats in found.items():
-                    outputs[name].append(feats.float().cpu())
-                labels.append(torch.as_tensor(targets).long().cpu())
-                if onnx is None:
-                    chooser.after_batch(len(labels[-1]))
-    finally:
-        eager_threads = chooser.restore()
-        model.train(was_training)
-    if onnx is not None:
-        report = ExtractionReport("onnxruntime", workers, ahead, onnx.threads)
-    else:
-        report = ExtractionReport("eager", workers, ahead, eager_threads, dict(chooser.rates))
-    if not labels:
-        raise ValueError("No samples to extract features from (empty dataset or loader)")
-    return Extraction({n: torch.cat(v) for n, v in outputs.items()}, torch.cat(labels), report)
+    found = extract_activations(model, data, layers, batch_size=batch_size, device=device, engine=engine,
+                                num_workers=num_workers, progress=progress, threads=threads)
+    return Extraction(found.plain, found.labels, found.report)
 
 
 def extract_features(
