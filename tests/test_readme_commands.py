@@ -107,3 +107,15 @@ def _run_in(clone: Path, lines: list[str], env: dict[str, str]) -> None:
                            capture_output=True, text=True, env=env, check=True, timeout=120, cwd=clone)
     assert shown.stdout.startswith(str(clone / "tlcourse")), shown.stdout  # the clone's package, editable
     assert "status" in done.stdout or "usage" in done.stdout.lower()
+
+
+def test_the_readme_numbers_are_the_committed_results():
+    """The README's generated blocks (findings, the source articles' claims) hold what the committed
+    results give today: after a reference run or a re-executed notebook, run
+    ``python -m tlcourse.courseware.readme`` and commit the README."""
+    from tlcourse.courseware import readme
+
+    blocks = readme.blocks_in((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert set(blocks) == set(readme.BLOCKS), "every generated block appears in the README once"
+    stale = [name for name, body in blocks.items() if body != readme.render(name)]
+    assert not stale, f"README blocks {stale} differ from the committed results: run python -m tlcourse.courseware.readme"
