@@ -20,6 +20,7 @@ from typing import Any
 import nbformat
 from sphinx.cmd.build import build_main
 
+from tlcourse.courseware import readme
 from tlcourse.courseware.slides import build_slides
 from tlcourse.experiments import decision_matrix as dm
 from tlcourse.experiments import results_file
@@ -135,6 +136,8 @@ def stage(out: Path, root: Path = ROOT) -> list[Path]:
     (generated / "decision_matrix.md").write_text(
         decision_matrix_table(json.loads(results_file("04_decision_matrix_reference.json").read_text())))
     (generated / "bf16_parity.md").write_text(bf16_table(json.loads(results_file("bf16_parity.json").read_text())))
+    for name in readme.BLOCKS:  # the README's tables (findings, the source articles' claims), the same text
+        (generated / f"{name}.md").write_text(readme.render(name))
     build_slides(out=out / "_extra" / "slides", source=root / "notebooks")
     return notebooks
 

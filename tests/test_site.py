@@ -97,6 +97,10 @@ def test_performance_and_findings_tables_come_from_the_committed_result_files(si
     reference = json.loads((ROOT / "tlcourse/experiments/results/04_decision_matrix_reference.json").read_text())
     assert reference["meta"]["written"] in findings
     assert findings.count("the textbook") >= 4 and "large &amp; similar (3 seeds)" in findings
+    from tlcourse.experiments.findings import all_findings
+
+    assert all(f"<code class=\"docutils literal notranslate\"><span class=\"pre\">{fid}</span></code>" in findings
+               or fid in findings for fid in all_findings()), "the findings page lists every finding by id"
 
 
 def test_widgets_say_they_need_a_kernel_instead_of_showing_their_repr(site: Path) -> None:
