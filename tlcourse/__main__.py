@@ -116,12 +116,19 @@ def run_course_command(profile: str, names: Sequence[str], html: bool, update: b
     return 0
 
 
-def run_slides_command(names: Sequence[str], source: str | None, out: str | None) -> int:
-    """Render the notebooks to reveal.js decks with :func:`tlcourse.courseware.slides.build_slides`."""
+def run_slides_command(names: Sequence[str], source: str | None, out: str | None, pdf: bool = False) -> int:
+    """Render the notebooks to reveal.js decks with :func:`tlcourse.courseware.slides.build_slides`;
+    with ``pdf``, print each deck to a PDF handout beside it (:func:`~tlcourse.courseware.slides.print_handouts`)."""
     rows = build_slides(names or None, out=Path(out).resolve() if out else None,
                         source=Path(source).resolve() if source else None)
     print(table([(r["notebook"], r["slides"], r["figure_slides"], r["notes"], r["deck"]) for r in rows],
                 ["notebook", "slides", "figure slides", "speaker notes", "deck"]))
+    if pdf and rows:
+        from tlcourse.courseware.slides import print_handouts
+
+        handouts = print_handouts([Path(r["deck"]) for r in rows])
+        print("\n" + table([(Path(h["pdf"]).stem, h["slides"], h["pdf"]) for h in handouts],
+                           ["handout", "pages", "pdf"]))
     for row in rows:
         if not row["executed"]:
             print(f"warning: {row['notebook']} has cells without outputs; its deck shows no results. "
@@ -213,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of executed notebooks to render (default: notebooks/, which carry outputs; "
                              "build/notebooks after `make course`)")
     slides.add_argument("--out", default=None, metavar="DIR", help="where the decks go (default: build/slides)")
+    slides.add_argument("--pdf", action="store_true",
+                        help="also print each deck to <notebook>.pdf beside it, one page per slide (headless Chromium)")
     fit_cmd = commands.add_parser(
         "fit", help="your own images: measure the candidate strategies, choose on validation, test once, export"
     )
@@ -250,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "course":
             return run_course_command(args.profile, args.notebooks, not args.no_html, args.update_notebooks)
         if args.command == "slides":
-            return run_slides_command(args.notebooks, args.source, args.out)
+            return run_slides_command(args.notebooks, args.source, args.out, args.pdf)
         if args.command == "fit":
             return run_fit_command(args.folder, args.out, args.budget, args.backbone, args.larger, args.seed,
                                    args.crop, args.full_ft, args.device)

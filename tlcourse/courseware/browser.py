@@ -59,7 +59,7 @@ class Chromium:
         self._ids = itertools.count(1)
         self.log = PageLog()
         try:
-            port = self._devtools_port()
+            self.port = port = self._devtools_port()
             page = self._page_target(port)
             # no Origin header: Chromium refuses DevTools websockets from origins it does not allow
             self.ws = websocket.create_connection(page, timeout=timeout, suppress_origin=True)
@@ -162,6 +162,24 @@ class Chromium:
                 return value
             self.drain(0.1)
         raise TimeoutError(f"still false after {timeout or self.timeout} s: {expression}")
+
+    def evaluate_in_window(self, title: str, expression: str) -> Any:
+        """The JSON value of ``expression`` in another window of this browser (one the page opened,
+        e.g. reveal.js's speaker view) whose title contains ``title``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as r:
+            pages = [t for t in json.load(r) if t.get("type") == "page" and title in t.get("title", "")]
+        if not pages:
+            raise LookupError(f"no window titled {title!r} is open")
+        ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=self.timeout, suppress_origin=True)
+        try:
+            ws.send(json.dumps({"id": 1, "method": "Runtime.evaluate",
+                                "params": {"expression": expression, "returnByValue": True, "awaitPromise": True}}))
+            while True:
+                message = json.loads(ws.recv())
+                if message.get("id") == 1:
+                    return message.get("result", {}).get("result", {}).get("value")
+        finally:
+            ws.close()
 
     def set_viewport(self, width: int, height: int) -> None:
         """Make the page's viewport exactly ``width`` x ``height`` CSS pixels (scale 1)."""

@@ -162,6 +162,11 @@ MAX_OUTPUT_LINES = 10
 MAX_TABLE_ROWS = 8
 #: Characters of code or output one slide line holds before it wraps (wrapped lines count as lines).
 CHARS_PER_LINE = 110
+#: Lines of code or output (the unit of :func:`estimated_lines`) one slide holds; a slide whose cells
+#: add up to more continues on a sub-slide from the cell that crosses the line.
+SLIDE_LINES = 34
+#: Lines an image takes on a slide (its max-height in the deck's CSS is 560 of the slide's 800 px).
+IMAGE_LINES = 24
 
 
 def _visual_lines(text: str) -> int:
@@ -260,6 +265,74 @@ def split_code(source: str, budget: int = 0) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
+def estimated_lines(cell: Any) -> float:
+    """About how many lines of code text a cell takes on a slide (prose is set larger, so it
+    counts more; a table row, an image, the gaps between cells too). Rough, on purpose: the browser
+    test measures the real thing; this only decides where a crowded slide continues."""
+    if cell.cell_type == "markdown":
+        text = re.sub(r"<[^>]+>", "", cell.source)
+        return sum(1.3 * max(1, -(-len(line) // 90)) + (0.6 if line.startswith("#") else 0)
+                   for line in text.splitlines() if line.strip()) + 1
+    if cell.cell_type != "code":
+        return 0
+    lines = _visual_lines(cell.source) + 1.5
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        if output.get("output_type") == "stream":
+            lines += _visual_lines(output.get("text", "")) + 1
+        elif any(m in data for m in IMAGE_MIMES):
+            lines += IMAGE_LINES
+        elif "text/html" in data:
+            html = data["text/html"] if isinstance(data["text/html"], str) else "".join(data["text/html"])
+            lines += 1.6 * len(_ROW.findall(html)) + 2 * len(re.findall(r"<caption", html)) + 1
+        elif "text/plain" in data:
+            lines += _visual_lines(data["text/plain"] if isinstance(data["text/plain"], str)
+                                   else "".join(data["text/plain"])) + 1
+    return lines
+
+
+def split_markdown(source: str, budget: float = 0) -> list[str]:
+    """A markdown cell too long for one slide (a long list) in parts of about ``budget`` lines
+    (:func:`estimated_lines`, default :data:`SLIDE_LINES`), cut before a paragraph or a top-level
+    list item; each later part repeats the cell's heading, marked as continued."""
+    from nbformat.v4 import new_markdown_cell
+
+    budget = budget or SLIDE_LINES
+    if estimated_lines(new_markdown_cell(source)) <= budget:
+        return [source]
+    heading = next((line for line in source.splitlines() if line.startswith("#")), None)
+    parts, current = [], []
+    for line in source.split("\n"):
+        starts = not line.strip() or re.match(r"(\d+[.)]|[-*+])\s", line)
+        if starts and current and estimated_lines(new_markdown_cell("\n".join([*current, line]))) > budget:
+            parts.append("\n".join(current).strip("\n"))
+            current = [f"{heading} (continued)", ""] if heading else []
+        current.append(line)
+    parts.append("\n".join(current).strip("\n"))
+    return [p for p in parts if p.strip()]
+
+
+def _paced(cells: list[Any]) -> list[Any]:
+    """The deck's cells with a sub-slide started wherever a slide's cells would add up to more than
+    :data:`SLIDE_LINES` (:func:`estimated_lines`): the crowded slide continues below it."""
+    paced, used, on_slide = [], 0.0, 0
+    for cell in cells:
+        kind = slide_type(cell)
+        if kind in ("skip", "notes"):
+            paced.append(cell)
+            continue
+        if kind in ("slide", "subslide"):
+            used, on_slide = 0.0, 0
+        cost = estimated_lines(cell)
+        if on_slide and used + cost > SLIDE_LINES:
+            cell.metadata["slideshow"] = {"slide_type": "subslide"}
+            used, on_slide = 0.0, 0
+        used += cost
+        on_slide += 1
+        paced.append(cell)
+    return paced
+
+
 def _fenced(text: str, lang: str = "") -> str:
     fence = "````" if "```" in text else "```"
     return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
@@ -325,10 +398,16 @@ def presentable(nb: Any) -> Any:
             cells.append(cell)
             continue
         if cell.cell_type == "markdown":
-            cells.append(cell)
             shown, notes = split_long_prose(cell.source)
+            for n, part in enumerate(split_markdown(shown)):
+                piece = copy.deepcopy(cell)
+                piece.source = part
+                if n:
+                    piece.metadata["slideshow"] = {"slide_type": "subslide"}
+                    if "id" in cell:
+                        piece.id = f"{cell.id}-part{n + 1}"
+                cells.append(piece)
             if notes:
-                cell.source = shown
                 cells.append(_notes_cell(notes))
             continue
         if cell.cell_type != "code":
@@ -350,7 +429,7 @@ def presentable(nb: Any) -> Any:
         cell.outputs, notes = _shorten_outputs(cell.get("outputs", []))
         cells.append(cell)
         cells.extend(_notes_cell(note) for note in notes)
-    nb.cells = cells
+    nb.cells = _paced(cells)
     return nb
 
 
@@ -598,3 +677,36 @@ def measure_deck(browser: Any, url: str) -> list[SlideFit]:
                      content_width=r["content_width"], content_height=r["content_height"],
                      outside=max(0.0, r["off_top"], r["off_bottom"], r["off_left"], r["off_right"]),
                      clipped=tuple(r["clipped"])) for r in rows]
+
+
+# ---------------------------------------------------------------- PDF handouts
+
+def print_handouts(decks: Sequence[Path], *, browser: Any = None, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Print each deck to ``<stem>.pdf`` next to it through headless Chromium, with reveal.js's
+    print layout (``?print-pdf``): one page per slide, every fragment shown.
+
+    ``browser`` is a :class:`tlcourse.courseware.browser.Chromium` to reuse (one is started and
+    closed here otherwise). Returns one row per deck: deck, pdf, slides (as reveal.js counts them).
+    """
+    from tlcourse.courseware.browser import Chromium, find_chromium
+
+    if browser is None:
+        binary = find_chromium()
+        if binary is None:
+            raise FileNotFoundError("The PDF handouts are printed by headless Chromium, which is not installed: "
+                                    "`apt-get install chromium` (Debian/Ubuntu), then run the command again.")
+        with Chromium(binary, width=VIEWPORT[0], height=VIEWPORT[1], timeout=timeout) as own:
+            return print_handouts(decks, browser=own, timeout=timeout)
+    rows = []
+    for deck in decks:
+        deck = Path(deck).resolve()
+        browser.open(deck.as_uri() + "?print-pdf")
+        # reveal.js wraps each slide in a .pdf-page once its print layout is done
+        total = browser.wait_for("typeof Reveal !== 'undefined' && Reveal.isReady() && "
+                                 "document.querySelectorAll('.pdf-page').length >= Reveal.getTotalSlides() && "
+                                 "Reveal.getTotalSlides()", timeout=timeout)
+        browser.wait_for("document.fonts.status === 'loaded' && Array.from(document.images).every(i => i.complete)",
+                         timeout=timeout)
+        pdf = browser.print_pdf(deck.with_name(deck.name.split(".")[0] + ".pdf"))
+        rows.append({"deck": str(deck), "pdf": str(pdf), "slides": int(total)})
+    return rows
