@@ -71,14 +71,17 @@ class GradualUnfreezing(Callback):
     Pair it with an optimizer that already holds the frozen parameters (``fit``'s default SGD
     does; frozen parameters have no gradient, so SGD skips them until they are unfrozen).
     ``log`` lists ``(epoch, stages)`` for every epoch at which this call unfroze something new.
+    ``model``: the backbone whose stages it unfreezes, when ``fit`` trains a module around it (the
+    top stages on cached activations, :class:`tlcourse.recipes.TopStages`); default: fit's model.
     """
 
-    def __init__(self, schedule: Mapping[int, Sequence[str] | int]) -> None:
+    def __init__(self, schedule: Mapping[int, Sequence[str] | int], model: nn.Module | None = None) -> None:
         bad = [e for e in schedule if not isinstance(e, int) or isinstance(e, bool) or e < 1]
         if bad:
             raise ValueError(f"Schedule epochs must be ints >= 1 (fit counts epochs from 1), got {bad}")
         self.schedule = {int(e): schedule[e] for e in sorted(schedule)}
         self.log: list[tuple[int, list[str]]] = []
+        self.model = model
 
     def stages_at(self, model: nn.Module, epoch: int) -> list[str]:
         """The stages that should be trainable once ``epoch`` has ended, shallow to deep."""
@@ -99,7 +102,7 @@ class GradualUnfreezing(Callback):
         return [n for n in names if n in wanted]
 
     def on_epoch_end(self, run: Run) -> None:
-        self(run.epoch, run.history.epochs[-1], run.model)
+        self(run.epoch, run.history.epochs[-1], self.model if self.model is not None else run.model)
 
     def __call__(self, epoch: int, stats: Mapping[str, Any], model: nn.Module) -> None:
         before = set(trainable_stages(model))

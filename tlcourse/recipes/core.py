@@ -1,5 +1,5 @@
-"""The recipes the course's experiments share, each written once: a linear probe on cached
-features (:func:`linear_probe`) and training on top of ``fit`` (:func:`train`).
+"""The one training loop every recipe shares (:func:`train`, on top of ``fit``), its result type
+(:class:`RecipeResult`) and the linear probe on cached features (:func:`linear_probe`).
 
 Every strategy that trains layers (the top stages on cached activations, the whole network, a
 network from scratch) runs :func:`train`: ``fit`` with :class:`~tlcourse.train.EarlyStopping`
@@ -24,7 +24,7 @@ from torch import nn
 
 from tlcourse.features import fit_logistic_regression
 from tlcourse.runtime import DeviceSettings, device_settings, seed_everything
-from tlcourse.train import EarlyStopping, History, KeepBest, fit, set_bn_policy
+from tlcourse.train import Callback, EarlyStopping, History, KeepBest, fit, set_bn_policy
 
 __all__ = ["Data", "RecipeResult", "TensorBatches", "as_batches", "labels_of", "linear_probe", "probabilities", "train"]
 
@@ -113,23 +113,28 @@ def probabilities(model: nn.Module, x: torch.Tensor | Data, device: str | torch.
 def train(module: nn.Module, groups: Sequence[dict[str, Any]], train: Data, val: Data, *, max_epochs: int,
           patience: int, batch_size: int = 32, flip: bool = False, flipped: torch.Tensor | None = None,
           bn: str = "frozen-eval", seed: int = 0, device: str | torch.device | DeviceSettings | None = None,
-          test: Data | None = None) -> RecipeResult:
+          test: Data | None = None, warmup_epochs: int = 0, callbacks: Sequence[Callback] = ()) -> RecipeResult:
     """Adam on ``groups`` (each with its own ``lr``) until validation accuracy has not improved for
     ``patience`` epochs or ``max_epochs`` ran out; the best epoch's weights are kept.
 
     Tensors are batched by :class:`TensorBatches` (``flip``: a random half mirrored, from
     ``flipped`` when given); a loader is used as it is. ``bn`` is the BatchNorm policy
-    (:func:`tlcourse.train.set_bn_policy`). With ``test``, the kept model is scored once on it
-    (``accuracy`` and per-image ``correct``).
+    (:func:`tlcourse.train.set_bn_policy`). ``warmup_epochs`` raises every rate linearly from
+    near 0 over that many epochs; ``callbacks`` join fit's (gradual unfreezing). With ``test``,
+    the kept model is scored once on it (``accuracy`` and per-image ``correct``).
     """
     seed_everything(seed)
     settings = device_settings(device)
     set_bn_policy(module, bn)
     train_batches = as_batches(train, batch_size, shuffle=True, flip=flip, flipped=flipped)
     val_batches = as_batches(val, 128)
+    optimizer = torch.optim.Adam(groups)
+    steps = warmup_epochs * len(train_batches)  # type: ignore[arg-type]
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / steps)) if steps else None
     start = time.perf_counter()
-    history = fit(module, train_batches, val_batches, epochs=max_epochs, optimizer=torch.optim.Adam(groups),
-                  seed=seed, settings=settings, progress=False, callbacks=[EarlyStopping(patience), KeepBest()])
+    history = fit(module, train_batches, val_batches, epochs=max_epochs, optimizer=optimizer, scheduler=warmup,
+                  scheduler_step="batch", seed=seed, settings=settings, progress=False,
+                  callbacks=[EarlyStopping(patience), KeepBest(), *callbacks])
     seconds = time.perf_counter() - start
     best = history.epochs[history.best_epoch - 1]
     result = RecipeResult(module, best["val_acc"], len(history), history.best_epoch, history.stopped_early,
