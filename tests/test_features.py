@@ -420,3 +420,93 @@ def test_nearest_neighbours_by_cosine_similarity():
     idx, _ = F.nearest_neighbours(gallery, gallery, k=1, exclude_self=True)
     assert idx[:, 0].tolist() != [0, 1, 2, 3]
     assert 0 not in idx[0].tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# The one extraction loop: whole maps, mirror images, the device it is given; the activation cache
+# --------------------------------------------------------------------------------------------
+
+
+def _tensors(n: int = 6, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, 16, 16, generator=g), torch.arange(n) % 2)
+
+
+def test_maps_stay_whole_and_mirror_images_are_the_flipped_inputs():
+    model, data = make_tiny(), _tensors()
+    found = F.extract_activations(model, data, ["block1", None], maps=["block1"], mirror=True, engine=EAGER,
+                                  batch_size=4, progress=False)
+    assert found.plain["block1"].shape == (6, 8, 8, 8) and found.plain["pooled"].shape == (6, 16)
+    flipped = TensorDataset(data.tensors[0].flip(-1), data.tensors[1])
+    alone = F.extract_activations(model, flipped, ["block1", None], maps=["block1"], engine=EAGER, progress=False)
+    assert found.flipped is not None and alone.flipped is None
+    for name in ("block1", "pooled"):
+        torch.testing.assert_close(found.flipped[name], alone.plain[name], rtol=1e-5, atol=1e-6)
+    pooled = F.extract_stage_features(model, data, ["block1"], engine=EAGER, progress=False).features["block1"]
+    torch.testing.assert_close(found.plain["block1"].mean(dim=(2, 3)), pooled, rtol=1e-5, atol=1e-6)
+    assert found.labels.tolist() == data.tensors[1].tolist()
+    with pytest.raises(ValueError, match="not extracted"):
+        F.extract_activations(model, data, ["block1"], maps=["block2"], engine=EAGER, progress=False)
+
+
+def test_the_loop_runs_on_the_device_it_is_given(monkeypatch: pytest.MonkeyPatch):
+    # CUDA 'present' (as in tests/test_gpu_path.py); the moves are recorded instead of made.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    moved: list[torch.device] = []
+    monkeypatch.setattr(DeviceSettings, "prepare", lambda self, model: (moved.append(self.device), model)[1])
+    monkeypatch.setattr(DeviceSettings, "to_device", lambda self, batch: (moved.append(self.device), batch)[1])
+    model, data = make_tiny(), _tensors()
+    settings = device_settings("cuda", inference=True, bf16=False)
+    found = F.extract_activations(model, DataLoader(data, batch_size=3), ["block2"], device=settings,
+                                  progress=False)
+    assert found.report.engine == "eager"  # ONNX Runtime runs only on a CPU
+    assert moved and all(d.type == "cuda" for d in moved) and len(moved) == 1 + 2  # the model, then 2 batches
+    moved.clear()
+    F.extract_activations(model, DataLoader(data, batch_size=3), ["block2"], device="cuda", progress=False)
+    assert moved and all(d.type == "cuda" for d in moved)
+
+
+def test_the_first_timed_batch_gives_a_rate():
+    rates: list[float] = []
+    F.extract_activations(make_tiny(), _tensors(9), [None], engine=EAGER, batch_size=3, progress=False,
+                          on_rate=rates.append)
+    assert len(rates) == 1 and rates[0] > 0
+
+
+def test_the_activation_cache_streams_to_disk_and_maps_it_back(tmp_path: Path):
+    model, data = make_tiny(), _tensors(7)
+    derived: list[int] = []
+
+    def derive(entry: F.ActivationSet):
+        derived.append(len(entry))
+        return {"twice": entry.plain["block1"].mean(dim=(2, 3)) * 2}, {"twice": entry.flipped["block1"][:, :1]}, {"x": 1.5}
+
+    args = dict(data_id="seven tensors", root=tmp_path, maps=["block1"], mirror=True, engine=EAGER, batch_size=3,
+                progress=False, derive=derive)
+    first = F.cached_activations(model, data, ["block1", None], **args)
+    assert not first.hit and derived == [7] and first.extra["x"] == 1.5
+    assert sorted(p.name for p in first.path.iterdir()) == sorted(
+        ["meta.json", "labels.bin"] + [f"{v}--{n}.bin" for v in ("plain", "flipped") for n in ("block1", "pooled", "twice")])
+    assert not any(p.name.startswith(first.path.name + ".part") for p in tmp_path.iterdir())
+    eager = F.extract_activations(model, data, ["block1", None], maps=["block1"], mirror=True, engine=EAGER,
+                                  progress=False)
+    calls = model.calls
+    again = F.cached_activations(model, data, ["block1", None], **args)
+    assert again.hit and model.calls == calls and derived == [7]
+    if Path("/proc/self/maps").is_file():  # memory-mapped from the entry's file, not read into memory
+        assert str(again.path / "plain--block1.bin") in Path("/proc/self/maps").read_text()
+    for name in ("block1", "pooled"):
+        assert torch.equal(again.plain[name], eager.plain[name]) and torch.equal(again.flipped[name], eager.flipped[name])
+    torch.testing.assert_close(again.plain["twice"], eager.plain["block1"].mean(dim=(2, 3)) * 2)
+    assert torch.equal(again.labels, data.tensors[1])
+    rows = F.ArrayRows(again, "block1", "flipped")
+    assert len(rows) == 7 and torch.equal(rows[4][0], eager.flipped["block1"][4]) and rows[4][1] == 0
+    # another data id, other weights: other entries; a cut file: computed again
+    assert F.cached_activations(model, data, ["block1", None], **{**args, "data_id": "other"}).hit is False
+    assert F.cached_activations(make_tiny(seed=1), data, ["block1", None], **args).hit is False
+    with open(again.path / "plain--pooled.bin", "r+b") as f:
+        f.truncate(10)
+    redone = F.cached_activations(model, data, ["block1", None], **args)
+    assert not redone.hit and torch.equal(redone.plain["pooled"], eager.plain["pooled"])
