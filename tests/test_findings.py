@@ -30,6 +30,8 @@ def test_every_quadrant_has_its_findings_and_each_says_what_to_do(found):
     for f in found.values():
         assert f.do and f.verdict and f.evidence and f.question.endswith("?")
         assert f.measurable is (f.low is not None and (f.low > 0 or f.high < 0) and "better than" in f.verdict)
+    assert {"budget.cap", "shift.pneumoniamnist", "shift.cifar10", "sources.large_similar",
+            "sources.small_dissimilar"} <= set(found)
 
 
 def test_a_matrix_finding_is_the_seed_comparison_of_its_rows(found, matrix_doc):
@@ -75,3 +77,100 @@ def test_quote_names_the_finding_or_lists_the_known_ones(found):
     assert findings.quote("lr.backbone", found).startswith("[lr.backbone] ")
     with pytest.raises(KeyError, match="matrix.small_similar"):
         findings.quote("lr.head", found)
+
+
+def test_a_collapsed_run_is_never_scored():
+    rows = [dict(quadrant="small_similar", strategy="scratch", seed=i, accuracy=a, val_accuracy=a, collapsed=c)
+            for i, (a, c) in enumerate([(0.5, True), (0.62, True), (0.5, None), (0.7, False)])]
+    m = decision_matrix.summarize(rows)["small_similar"]["scratch"]
+    assert m["values"] == [0.7] and m["collapsed"] == 3  # the row's own flag decides; else chance does
+
+
+def test_the_shift_finding_is_validation_minus_test_of_the_committed_cells(found, matrix_doc):
+    table = decision_matrix.summarize([r for r in matrix_doc["rows"] if r["strategy"] != "scratch"])
+    cells = [table[q][s] for q in ("small_dissimilar", "large_dissimilar") for s in table[q]]
+    c = evaluation.seeds_comparison([m["val_mean"] for m in cells], [m["mean"] for m in cells])
+    f = found["shift.pneumoniamnist"]
+    assert (f.effect, f.low, f.high) == (round(100 * c.diff, 1), round(100 * c.low, 1), round(100 * c.high, 1))
+    assert f.measurable and f.effect > 0 and f"{f.effect:.1f} points above test" in f.do
+    assert not found["shift.cifar10"].measurable and "fair preview" in found["shift.cifar10"].do
+
+
+def test_the_shift_finding_follows_its_evidence(matrix_doc):
+    doc = copy.deepcopy(matrix_doc)
+    for row in doc["rows"]:  # a validation split drawn like the test split: no gap left
+        row["val_accuracy"] = row["accuracy"]
+    f = {f.id: f for f in findings.shift_findings(doc, "edited")}["shift.pneumoniamnist"]
+    assert not f.measurable and "fair preview" in f.do
+
+
+def test_the_budget_finding_counts_the_capped_runs(found, matrix_doc):
+    trained = [r for r in matrix_doc["rows"] if r.get("max_epochs") is not None]
+    capped = [r for r in trained if not r["stopped_on_plateau"]]
+    assert found["budget.cap"].verdict.startswith(f"{len(capped)} of {len(trained)} trained runs")
+    assert all(r["quadrant"].startswith("large") for r in capped)  # the small quadrants' budget never bound
+    doc = copy.deepcopy(matrix_doc)
+    for row in doc["rows"]:
+        row["stopped_on_plateau"] = True
+    f = findings.budget_findings(doc, "edited")[0]
+    assert f.verdict.startswith(f"0 of {len(trained)}") and "did not bind" in f.do
+
+
+def test_a_capped_strategy_that_lost_or_tied_leaves_its_verdict_provisional(found):
+    f = found["budget.cap"]
+    if "partial_ft" in f.verdict:  # partial_ft ran into the cap; where it only tied, the tie is provisional
+        ties = [g.id for g in found.values() if "partial_ft" in g.compared and not g.measurable
+                and g.id.split(".", 1)[1].startswith("large")]
+        assert ties and all(i in f.do for i in ties)
+        wins = [g.id for g in found.values() if g.compared and g.compared[0] == "partial_ft" and g.measurable
+                and (g.effect or 0) > 0 and g.id.startswith("matrix.")]
+        assert not [i for i in wins if i in f.do]  # a capped strategy's win stands
+
+
+def test_the_articles_disagreement_is_settled_by_a_direct_comparison(found, matrix_doc):
+    table = decision_matrix.summarize(matrix_doc["rows"])
+    for q, picks in findings.ARTICLES.items():
+        f = found[f"sources.{q}"]
+        c = evaluation.seeds_comparison(table[q][picks["000"]]["values"], table[q][picks["001"]]["values"])
+        assert f.compared == (picks["000"], picks["001"]) and f.measurable == evaluation.measurable(c)
+        assert f.choice in picks.values() and "article 000" in f.do and "article 001" in f.do
+    doc = copy.deepcopy(matrix_doc)
+    for row in doc["rows"]:  # article 000's whole-network fine-tune now wins clearly
+        if row["quadrant"] == "large_similar" and row["strategy"] == "full_ft":
+            row["accuracy"] += 0.08
+    edited = {f.id: f for f in findings.sources_findings(doc, "edited")}["sources.large_similar"]
+    assert edited.measurable and edited.choice == "full_ft" and "settles it" in edited.do
+
+
+def test_the_textbook_speaks_through_its_validation_choice(found, matrix_doc):
+    table = decision_matrix.summarize(matrix_doc["rows"])
+    for q in QUADRANTS:
+        ours = found[f"matrix.{q}"].compared[0]
+        textbook = [s for s in TEXTBOOK[q].strategies if table[q][s]["n"] >= 3]
+        assert ours == max(textbook, key=lambda s: table[q][s]["val_mean"])
+
+
+def test_the_matrix_figure_shows_every_strategy_a_tie_leaves_standing():
+    evidence = advisor.reference_evidence()
+    for q, e in evidence.items():
+        line = advisor._measured_line(e)
+        for f in e.quoted:
+            if f.id.startswith(("matrix.", "sources.")) and not f.measurable:
+                a, b = (advisor._short(s) for s in f.compared)
+                assert f"{a} = {b}" in line, (q, line)
+        if q in findings.ARTICLES:
+            assert "000:" in advisor._articles_line(q) and "001:" in advisor._articles_line(q)
+
+
+def test_the_advisor_never_recommends_against_a_finding(found):
+    evidence = advisor.reference_evidence()
+    points = {"small_similar": (40, 0.9), "large_similar": (1000, 0.9), "small_dissimilar": (40, 0.2),
+              "large_dissimilar": (1000, 0.2)}
+    for q, (n, s) in points.items():
+        rec = advisor.recommend(n, s, evidence=evidence)
+        for f in found.values():
+            if f.id.endswith(q) and f.measurable and len(f.compared) == 2 and f.effect is not None:
+                loser = f.compared[1] if f.effect > 0 else f.compared[0]
+                assert rec.strategy != loser, (q, f.id)
+        if f"sources.{q}" in found:
+            assert f"finding sources.{q}" in str(rec)

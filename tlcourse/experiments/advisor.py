@@ -8,8 +8,8 @@
   averaged over all BatchNorm layers. The score maps that distance to (0, 1]: 1 is ImageNet itself.
 - :func:`recommend` turns images per class and a similarity into a :class:`Recommendation`.
 - :func:`advise_folder` does both for a learner's own ``folder/<class>/<image>`` dataset.
-- :func:`matrix_figure` draws the matrix with a quadrant highlighted; :func:`advisor_panel` wraps
-  it in ipywidgets sliders for the notebook.
+- :func:`matrix_figure` draws the matrix (both articles' advice where they disagree, every
+  strategy a measured tie leaves standing); :func:`advisor_panel` adds ipywidgets sliders.
 
 Why not the ImageNet head's confidence (mean max-softmax)? Measured on the course datasets it does
 not separate photos from scans: brain MRI scans come out *more* confidently "ImageNet-like" than
@@ -116,7 +116,7 @@ class Recommendation:
         if self.evidence is not None:
             lines.append(f"measured ({self.evidence.scale}): {self.evidence.verdict}")
             lines += [f"finding {f.id}: {f.do}" for f in self.evidence.quoted
-                      if f.id.startswith("matrix.") or self.strategy in ("partial_ft", "full_ft")]
+                      if f.id.startswith(("matrix.", "sources.")) or self.strategy in ("partial_ft", "full_ft")]
         elif self.measured_winner is not None:
             same = "the textbook's choice" if self.measured_winner == self.strategy else "not the textbook's choice"
             lines.append(f"highest mean in the results passed as measured=: "
@@ -163,7 +163,8 @@ def reference_evidence(path: str | os.PathLike[str] | None = None) -> dict[str, 
     doc = decision_matrix.load_results(path)
     meta, rows = doc.get("meta", {}), doc["rows"]
     source = "decision-matrix reference run"
-    found = {f.id: f for f in [*findings.matrix_findings(doc, source), *findings.lr_findings(doc, source)]}
+    found = {f.id: f for f in [*findings.matrix_findings(doc, source), *findings.sources_findings(doc, source),
+                               *findings.lr_findings(doc, source)]}
     out = {}
     for quadrant, table in decision_matrix.summarize(rows).items():
         first = next(r for r in rows if r["quadrant"] == quadrant)
@@ -172,7 +173,7 @@ def reference_evidence(path: str | os.PathLike[str] | None = None) -> dict[str, 
         scale = (f"reference run: {first.get('dataset', '?')}, {first.get('n_per_class', '?')} images/class, "
                  f"{seeds} seed{'s' if seeds != 1 else ''}, {meta.get('backbone', '?')} at {meta.get('size', '?')} px, "
                  f"early stopping, test n={first.get('n_test', '?')}")
-        quoted = tuple(found[i] for i in (f"matrix.{quadrant}", "lr.backbone") if i in found)
+        quoted = tuple(found[i] for i in (f"matrix.{quadrant}", f"sources.{quadrant}", "lr.backbone") if i in found)
         out[quadrant] = QuadrantEvidence(quadrant, decision_matrix.winners({quadrant: table})[quadrant], outcome,
                                          sentence, scale, str(path), quoted)
     return out
@@ -407,11 +408,9 @@ def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | 
         ax.add_patch(Rectangle((x, y), w, h, facecolor="tab:orange" if on else "0.93", alpha=0.35 if on else 1,
                                edgecolor="tab:red" if on else "white", lw=3 if on else 1, zorder=0))
         cx = math.sqrt(x * (x + w))
-        text = f"{quadrant_title(quadrant)}\ntextbook: {STRATEGY_LABELS[TEXTBOOK[quadrant].choice]}"
+        text = f"{quadrant_title(quadrant)}\n" + _articles_line(quadrant)
         if evidence and quadrant in evidence:
-            e = evidence[quadrant]
-            text += "\nreference run: " + {"textbook": "textbook's choice wins", "tie": "ties within noise",
-                                            "other": f"{e.winner} wins"}.get(e.outcome, e.outcome)
+            text += "\nmeasured: " + _measured_line(evidence[quadrant])
         elif measured and quadrant in measured:
             text += f"\nmeasured: {STRATEGY_LABELS.get(measured[quadrant], measured[quadrant])}"
         # Similar quadrants: text at the top; dissimilar ones: at the bottom, away from the datasets'
@@ -431,6 +430,29 @@ def matrix_figure(highlight: str | None = None, *, point: tuple[float, float] | 
     ax.set_title("The size x similarity decision matrix")
     fig.tight_layout()
     return fig
+
+
+_short = {"probe_last": "probe, last layer", "probe_early": "probe, earlier layer", "partial_ft": "top-stage FT",
+          "full_ft": "full FT", "scratch": "scratch"}.get
+
+
+def _articles_line(quadrant: str) -> str:
+    """What the two matrix articles advise in ``quadrant``: both choices where they disagree."""
+    picks = findings.ARTICLES.get(quadrant)
+    return (f"000: {_short(picks['000'])}; 001: {_short(picks['001'])}" if picks
+            else f"articles: {_short(TEXTBOOK[quadrant].choice)}")
+
+
+def _measured_line(e: QuadrantEvidence) -> str:
+    """The reference run's answer in one quadrant, as its findings give it: a measurable winner, or
+    every strategy the findings could not tell apart (a tie shows both, never one)."""
+    parts = []
+    for f in e.quoted:
+        if f.id.startswith(("matrix.", "sources.")) and len(f.compared) == 2:
+            a, b = f.compared if not f.measurable or (f.effect or 0) > 0 else f.compared[::-1]
+            parts.append(f"{_short(a)} {'>' if f.measurable else '='} {_short(b)}")
+    tie = "\n(= : within noise)" if any(" = " in p for p in parts) else ""
+    return "\n".join(parts) + tie if parts else e.outcome
 
 
 def advisor_panel(datasets: Mapping[str, tuple[float, float]], *, measured: Mapping[str, str] | None = None,

@@ -26,13 +26,22 @@ from tlcourse._io import read_json, read_or_explain
 from tlcourse.experiments import decision_matrix, results_file
 from tlcourse.strategies import STRATEGY_LABELS, TEXTBOOK, quadrant_title
 
-__all__ = ["EVIDENCE", "Finding", "all_findings", "bf16_findings", "evidence_path", "lr_findings",
-           "matrix_findings", "quote"]
+__all__ = ["ARTICLES", "EVIDENCE", "Finding", "all_findings", "bf16_findings", "budget_findings", "evidence_path",
+           "lr_findings", "matrix_findings", "quote", "shift_findings", "sources_findings"]
 
 #: The committed runs the findings come from.
 EVIDENCE = {"matrix": "04_decision_matrix_reference.json", "bf16": "bf16_parity.json"}
 #: Chance accuracy of the decision matrix's tasks: two classes, balanced test sets.
-CHANCE = 0.5
+CHANCE = decision_matrix.CHANCE
+#: Where the course's two matrix articles (/work/shared/seeds 000 and 001) disagree: their first
+#: choice in the quadrant. 000 gives cs231n's four cases (the whole network for large & similar;
+#: a linear classifier on an earlier layer for small & dissimilar); 001 trains the classifier and
+#: the top layers for large & similar, and only partial fine-tuning, with augmentation, for small &
+#: dissimilar. The textbook table (tlcourse.strategies.TEXTBOOK) merges the two.
+ARTICLES: dict[str, dict[str, str]] = {
+    "large_similar": {"000": "full_ft", "001": "partial_ft"},
+    "small_dissimilar": {"000": "probe_early", "001": "partial_ft"},
+}
 #: Cheapest first: a tie between two strategies is settled by cost.
 COST_ORDER = ("probe_last", "probe_early", "partial_ft", "full_ft", "scratch")
 
@@ -51,6 +60,7 @@ class Finding:
     verdict: str  # the generated verdict sentence
     do: str  # what to do, generated from the numbers
     choice: str | None = None  # the strategy the finding says to start with, where it names one
+    compared: tuple[str, ...] = ()  # the two strategies (or splits) compared, A first
 
     def __str__(self) -> str:
         return f"[{self.id}] {self.do} (evidence: {self.verdict}; {self.evidence})"
@@ -91,8 +101,10 @@ def matrix_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
         seeds = max(m["n"] for m in table.values())
         scale = (f"{source}: {first.get('dataset')}, {first.get('n_per_class')} images/class, {seeds} seeds, "
                  f"test n={first.get('n_test')}")
-        ours = max((s for s in TEXTBOOK[quadrant].strategies if s in table), key=lambda s: table[s]["mean"])
-        rival = max((s for s in table if s not in TEXTBOOK[quadrant].strategies and s != "scratch"),
+        scored = [s for s in table if table[s]["n"] >= evaluation.MIN_SEEDS]
+        # The textbook's representative is chosen on validation, never on test (two draws otherwise).
+        ours = max((s for s in TEXTBOOK[quadrant].strategies if s in scored), key=lambda s: table[s]["val_mean"])
+        rival = max((s for s in scored if s not in TEXTBOOK[quadrant].strategies and s != "scratch"),
                     key=lambda s: table[s]["mean"])
         c = _compare(table[ours]["values"], table[rival]["values"])
         where = f"For {quadrant_title(quadrant)} data ({first.get('n_per_class')} images/class)"
@@ -109,7 +121,8 @@ def matrix_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
                   f"cheaper, {_label(choice)}.")
         out.append(Finding(f"matrix.{quadrant}", f"In the {quadrant_title(quadrant)} quadrant, is the textbook's "
                            f"{_label(ours)} at least as good as the best other strategy ({_label(rival)})?",
-                           scale, *_points(c), _measurable(c), evaluation.verdict(ours, rival, c), do, choice))
+                           scale, *_points(c), _measurable(c), evaluation.verdict(ours, rival, c), do, choice,
+                           (ours, rival)))
         if "scratch" in table:
             out.append(_scratch_finding(quadrant, table, scale, where))
     return out
@@ -118,23 +131,134 @@ def matrix_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
 def _scratch_finding(quadrant: str, table: Mapping[str, Mapping[str, Any]], scale: str, where: str) -> Finding:
     """Pretrained against scratch. A scratch run at chance (it predicts one class of the two-class,
     balanced task) is a recipe that failed to train: it is counted, never scored as an accuracy."""
-    best = max((s for s in table if s != "scratch"), key=lambda s: table[s]["mean"])
-    trained = [v for v in table["scratch"]["values"] if abs(v - CHANCE) >= 0.005]
-    failed = len(table["scratch"]["values"]) - len(trained)
+    best = max((s for s in table if s != "scratch" and table[s]["n"]), key=lambda s: table[s]["mean"])
+    trained, failed = table["scratch"]["values"], table["scratch"]["collapsed"]
     question = f"In the {quadrant_title(quadrant)} quadrant, does starting from pretrained weights beat training from scratch?"
     if len(trained) < 3:
-        verdict = (f"training from scratch stayed at chance ({100 * CHANCE:.0f}%) on {failed} of "
-                   f"{len(table['scratch']['values'])} seeds: a collapsed recipe, not an accuracy to compare")
+        verdict = (f"training from scratch collapsed to chance ({100 * CHANCE:.0f}%, one class predicted) on "
+                   f"{failed} of {failed + len(trained)} seeds: a recipe that did not train, not an accuracy to "
+                   f"compare (fewer than {evaluation.MIN_SEEDS} seeds trained)")
         return Finding(f"scratch.{quadrant}", question, scale, None, None, None, False, verdict,
                        f"{where}, the reference run's scratch recipe did not train, so it says nothing about what "
-                       "pretraining buys here; do not read its 50% as a result.")
+                       "pretraining buys here; do not read its 50% as a result.", compared=(best, "scratch"))
     c = _compare(table[best]["values"], trained)
     do = (f"{where}, start from pretrained weights: {_label(best)} beat training from scratch by "
           f"{100 * c.diff:.1f} points." if _measurable(c) and c.diff > 0 else
           f"{where}, the reference run did not show pretrained weights ahead of training from scratch.")
     return Finding(f"scratch.{quadrant}", question, scale, *_points(c), _measurable(c),
-                   evaluation.verdict(best, "scratch", c) + (f" ({failed} scratch run(s) at chance left out)"
-                                                             if failed else ""), do)
+                   evaluation.verdict(best, "scratch", c) + (f" ({failed} collapsed scratch run(s) left out)"
+                                                             if failed else ""), do, compared=(best, "scratch"))
+
+
+def sources_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
+    """Where articles 000 and 001 disagree (:data:`ARTICLES`), their two choices compared directly
+    over the reference run's seeds (``sources.<quadrant>``): the data settle it, or say that this
+    run cannot tell them apart (then the cheaper one is the place to start)."""
+    out = []
+    summary = decision_matrix.summarize(doc["rows"])
+    for quadrant, picks in ARTICLES.items():
+        table = summary.get(quadrant)
+        a, b = picks["000"], picks["001"]
+        if not table or min(table.get(a, {}).get("n", 0), table.get(b, {}).get("n", 0)) < evaluation.MIN_SEEDS:
+            continue
+        c = _compare(table[a]["values"], table[b]["values"])
+        first = next(r for r in doc["rows"] if r["quadrant"] == quadrant)
+        where = f"For {quadrant_title(quadrant)} data ({first.get('n_per_class')} images/class)"
+        said = f"article 000 says {_label(a)}, article 001 says {_label(b)}"
+        if _measurable(c):
+            choice = a if c.diff > 0 else b
+            do = (f"{where}, {said}; the reference run settles it for {_label(choice)} "
+                  f"(ahead by {abs(100 * c.diff):.1f} points).")
+        else:
+            choice = min((a, b), key=COST_ORDER.index)
+            do = (f"{where}, {said}; the reference run cannot tell them apart, so both are right as far as it "
+                  f"can see: start with the cheaper, {_label(choice)}.")
+        out.append(Finding(f"sources.{quadrant}", f"In the {quadrant_title(quadrant)} quadrant, is article 000's "
+                           f"{_label(a)} or article 001's {_label(b)} the better choice?",
+                           f"{source}: {first.get('dataset')}, {first.get('n_per_class')} images/class, "
+                           f"{min(table[a]['n'], table[b]['n'])} seeds, test n={first.get('n_test')}",
+                           *_points(c), _measurable(c), evaluation.verdict(a, b, c), do, choice, (a, b)))
+    return out
+
+
+def shift_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
+    """Validation against test accuracy per dataset (``shift.<dataset>``): the mean validation
+    accuracy of the pretrained strategies' quadrant-and-strategy cells against their mean test
+    accuracy (Welch over the cells). A measurable gap means choices made on validation are made on
+    a split that does not look like the test set."""
+    out = []
+    summary = decision_matrix.summarize([r for r in doc["rows"] if r["strategy"] != "scratch"])
+    for dataset in dict.fromkeys(r.get("dataset") for r in doc["rows"]):
+        quadrants = sorted({r["quadrant"] for r in doc["rows"] if r.get("dataset") == dataset},
+                           key=lambda q: q.startswith("large"))
+        cells = [(q, s) for q in quadrants for s, m in summary[q].items() if m["n"] >= evaluation.MIN_SEEDS]
+        if len(cells) < evaluation.MIN_SEEDS:
+            continue
+        val = [summary[q][s]["val_mean"] for q, s in cells]
+        test = [summary[q][s]["mean"] for q, s in cells]
+        c = _compare(val, test)
+        first = next(r for r in doc["rows"] if r.get("dataset") == dataset)
+        n_val = 2 * doc.get("meta", {}).get("val_per_class", 0) or "?"
+        # Does the validation choice pick the test's best in each quadrant all the same?
+        same = [q for q in quadrants if max((s for qq, s in cells if qq == q), key=lambda s: summary[q][s]["val_mean"])
+                == max((s for qq, s in cells if qq == q), key=lambda s: summary[q][s]["mean"])]
+        lo, hi = sorted((100 * min(v - t for v, t in zip(val, test)), 100 * max(v - t for v, t in zip(val, test))))
+        if _measurable(c) and c.diff > 0:
+            do = (f"On {dataset}, validation accuracy ran {100 * c.diff:.1f} points above test (95% CI "
+                  f"{100 * c.low:.1f} to {100 * c.high:.1f}; {lo:.1f} to {hi:.1f} across strategies): keep choosing on "
+                  f"validation (the validation choice was also the test's best in {len(same)} of {len(quadrants)} "
+                  "quadrants), expect the test score to be lower, report only the test score, and where you can, "
+                  "draw the validation images the way the test images were drawn.")
+        elif _measurable(c):
+            do = (f"On {dataset}, validation accuracy ran {-100 * c.diff:.1f} points below test: validation "
+                  "understates the test score; choose on it, report the test score.")
+        else:
+            do = (f"On {dataset}, validation and test accuracy agree within noise ({lo:.1f} to {hi:.1f} points "
+                  "across strategies): validation is a fair preview of the test score.")
+        slug = "".join(ch for ch in str(dataset).split()[0].lower() if ch.isalnum())
+        out.append(Finding(f"shift.{slug}", f"On {dataset}, does validation accuracy predict test accuracy?",
+                           f"{source}: {len(cells)} strategy-and-quadrant cells (pretrained strategies, "
+                           f"{', '.join(quadrants)}), validation n={n_val}, test n={first.get('n_test')}; the "
+                           "interval covers variation between cells, not the sampling of the fixed validation images",
+                           *_points(c), _measurable(c), evaluation.verdict("validation", "test", c), do,
+                           compared=("validation", "test")))
+    return out
+
+
+def budget_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
+    """How many trained runs ran into their epoch cap (``budget.cap``; the target is none), and
+    which verdicts that leaves provisional: one where a capped strategy lost or tied, since more
+    epochs could have changed it. A capped strategy that won keeps its win."""
+    capped = decision_matrix.capped_runs(doc["rows"])
+    if not capped:
+        return []
+    n_capped, n_runs = sum(c for c, _ in capped.values()), sum(n for _, n in capped.values())
+    hit = {k: v for k, v in capped.items() if v[0]}
+    caps = sorted({r["max_epochs"] for r in doc["rows"] if r.get("max_epochs") and
+                   (r["quadrant"], r["strategy"]) in hit})
+    detail = "; ".join(f"{q} {s} {c} of {n}" for (q, s), (c, n) in hit.items()) or "none"
+    provisional = []
+    found = {f.id: f for f in [*matrix_findings(doc, source), *sources_findings(doc, source)]}
+    summary = decision_matrix.summarize(doc["rows"])
+    for f in found.values():
+        table = summary[f.id.split(".", 1)[1]]
+        if f.effect is None or len(f.compared) != 2:
+            continue
+        loser = min(f.compared, key=lambda s: table[s]["mean"])
+        at_risk = [s for s in f.compared if hit.get((f.id.split(".", 1)[1], s))]
+        if (not f.measurable and at_risk) or (f.measurable and loser in at_risk):
+            provisional.append(f.id)
+    verdict = f"{n_capped} of {n_runs} trained runs ran into their epoch cap ({detail})"
+    if n_capped:
+        do = (f"Read the capped runs as possibly under-trained: {detail} stopped at the {'/'.join(map(str, caps))}-epoch "
+              "cap while validation was still improving, so their scores are lower bounds; the verdicts a capped "
+              f"strategy lost or tied are provisional ({', '.join(provisional) or 'none'}), a capped strategy's win "
+              "stands. Give such a run a larger cap (the target is no capped run) before you trust a tie.")
+    else:
+        do = "Every trained run stopped on a validation plateau: the epoch budget did not bind."
+    return [Finding("budget.cap", "Did the reference run's epoch budget cut any trained run short?",
+                    f"{source}: trained strategies (partial_ft, full_ft, scratch), every seed", None, None, None,
+                    False, verdict, do)]
 
 
 def lr_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
@@ -192,8 +316,9 @@ def all_findings(paths: Mapping[str, str | os.PathLike[str]] | None = None) -> d
     """Every finding, by id, from the committed runs (``paths`` overrides :func:`evidence_path`)."""
     where = {k: Path((paths or {}).get(k, evidence_path(k))) for k in EVIDENCE}
     matrix, bf16 = _read(where["matrix"]), _read(where["bf16"])
-    found = [*matrix_findings(matrix, "decision-matrix reference run"),
-             *lr_findings(matrix, "decision-matrix reference run"), *bf16_findings(bf16, "bf16 parity run")]
+    src = "decision-matrix reference run"
+    found = [*matrix_findings(matrix, src), *sources_findings(matrix, src), *shift_findings(matrix, src),
+             *budget_findings(matrix, src), *lr_findings(matrix, src), *bf16_findings(bf16, "bf16 parity run")]
     return {f.id: f for f in found}
 
 
