@@ -444,8 +444,7 @@ def _articles_line(quadrant: str) -> str:
 
 
 def _measured_line(e: QuadrantEvidence) -> str:
-    """The reference run's answer in one quadrant, as its findings give it: a measurable winner, or
-    every strategy the findings could not tell apart (a tie shows both, never one)."""
+    """The reference run's answer in a quadrant, from its findings: a tie shows both strategies."""
     parts = []
     for f in e.quoted:
         if f.id.startswith(("matrix.", "sources.")) and len(f.compared) == 2:
