@@ -165,13 +165,15 @@ def test_a_deck_prints_to_a_handout_with_one_page_per_slide(chromium: Chromium, 
         pytest.skip("poppler-utils is not installed: `apt-get install poppler-utils` for pdfinfo and pdftoppm")
     from PIL import Image, ImageStat
 
-    name = min((n for n in decks if n != "98_crowded"), key=lambda n: slides.slide_plan(
-        nbformat.read(next(p for p in NOTEBOOKS if p.stem == n), as_version=4)).slides)  # the shortest real deck
+    notebook_of = {p.stem: p for p in NOTEBOOKS} | {"98_crowded": decks["98_crowded"].with_name("98_crowded.ipynb")}
+    count = {n: slides.slide_plan(nbformat.read(notebook_of[n], as_version=4)).slides for n in decks}
+    name = min((n for n in decks if n != "98_crowded"), key=count.get)  # the shortest real deck: fast
     for deck_name in (name, "98_crowded"):
         [row] = slides.print_handouts([decks[deck_name]], browser=chromium)
         info = subprocess.run(["pdfinfo", row["pdf"]], capture_output=True, text=True, check=True).stdout
         pages = int(re.search(r"^Pages:\s+(\d+)", info, flags=re.M).group(1))
-        assert pages == row["slides"] > 1, f"{deck_name}: {pages} pages for {row['slides']} slides"
+        assert row["pages"] == pages
+        assert pages == row["slides"] == count[deck_name] > 1, f"{deck_name}: {pages} pages for {row['slides']} slides"
         for page in (1, pages // 2 + 1):
             prefix = tmp_path / f"{deck_name}-{page}"
             subprocess.run(["pdftoppm", "-f", str(page), "-l", str(page), "-r", "30", "-png", "-singlefile",

@@ -127,8 +127,9 @@ def run_slides_command(names: Sequence[str], source: str | None, out: str | None
         from tlcourse.courseware.slides import print_handouts
 
         handouts = print_handouts([Path(r["deck"]) for r in rows])
-        print("\n" + table([(Path(h["pdf"]).stem, h["slides"], h["pdf"]) for h in handouts],
-                           ["handout", "pages", "pdf"]))
+        print()
+        print(table([(Path(h["pdf"]).stem, h["slides"], h["pages"], h["pdf"]) for h in handouts],
+                    ["handout", "slides", "pages", "pdf"]))
     for row in rows:
         if not row["executed"]:
             print(f"warning: {row['notebook']} has cells without outputs; its deck shows no results. "

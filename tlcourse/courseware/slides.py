@@ -164,7 +164,7 @@ MAX_TABLE_ROWS = 8
 CHARS_PER_LINE = 110
 #: Lines of code or output (the unit of :func:`estimated_lines`) one slide holds; a slide whose cells
 #: add up to more continues on a sub-slide from the cell that crosses the line.
-SLIDE_LINES = 34
+SLIDE_LINES = 40
 #: Lines an image takes on a slide (its max-height in the deck's CSS is 560 of the slide's 800 px).
 IMAGE_LINES = 24
 
@@ -604,6 +604,8 @@ MEASURE_JS = r"""(() => {
     const clipped = [];
     for (const el of slide.querySelectorAll('*')) {
       if (el.closest('aside.notes')) continue;
+      // not rendered: display none, or the body of a closed <details> (content-visibility hidden)
+      if (el.checkVisibility ? !el.checkVisibility() : (el.closest('details:not([open])') && !el.closest('summary'))) continue;
       const r = el.getBoundingClientRect();
       if (r.width === 0 && r.height === 0) continue;
       top = Math.min(top, r.top); bottom = Math.max(bottom, r.bottom);
@@ -618,7 +620,7 @@ MEASURE_JS = r"""(() => {
       }
     }
     const heading = slide.querySelector('h1, h2, h3, h4');
-    rows.push({h: at.h, v: at.v || 0, width: W, height: H,
+    rows.push({h: at.h, v: at.v || 0, width: W, height: H, zoom: parseFloat(slide.style.zoom) || 1,
                title: (heading ? heading.textContent : (slide.textContent || '')).replace(/[¶\s]+/g, ' ').trim().slice(0, 70),
                content_width: isFinite(left) ? (right - left) / scale : 0,
                content_height: isFinite(top) ? (bottom - top) / scale : 0,
@@ -646,6 +648,7 @@ class SlideFit:
     content_height: float
     outside: float  # the most any content sticks out past an edge of the slide (0 when inside)
     clipped: tuple[dict[str, Any], ...]  # elements that hide part of their own content (scroll boxes)
+    zoom: float = 1.0  # below 1 where the deck shrank the slide's content to fit (the template's fitSlide)
 
     @property
     def fits(self) -> bool:
@@ -656,7 +659,7 @@ class SlideFit:
     def describe(self) -> str:
         """One line for a failure message or a report."""
         what = f"slide {self.h}.{self.v} {self.title[:50]!r}: content {self.content_width:.0f}x{self.content_height:.0f}" \
-               f" on a {self.width}x{self.height} slide"
+               f" on a {self.width}x{self.height} slide" + (f" (shrunk to {self.zoom:.2f})" if self.zoom < 1 else "")
         if self.outside > FIT_TOLERANCE:
             what += f", {self.outside:.0f} px outside it"
         if self.clipped:
@@ -676,7 +679,7 @@ def measure_deck(browser: Any, url: str) -> list[SlideFit]:
     return [SlideFit(h=r["h"], v=r["v"], title=r["title"], width=r["width"], height=r["height"],
                      content_width=r["content_width"], content_height=r["content_height"],
                      outside=max(0.0, r["off_top"], r["off_bottom"], r["off_left"], r["off_right"]),
-                     clipped=tuple(r["clipped"])) for r in rows]
+                     clipped=tuple(r["clipped"]), zoom=r["zoom"]) for r in rows]
 
 
 # ---------------------------------------------------------------- PDF handouts
@@ -686,7 +689,8 @@ def print_handouts(decks: Sequence[Path], *, browser: Any = None, timeout: float
     print layout (``?print-pdf``): one page per slide, every fragment shown.
 
     ``browser`` is a :class:`tlcourse.courseware.browser.Chromium` to reuse (one is started and
-    closed here otherwise). Returns one row per deck: deck, pdf, slides (as reveal.js counts them).
+    closed here otherwise). Returns one row per deck: deck, pdf, slides (as reveal.js counts them)
+    and pages (in the PDF, :func:`pdf_page_count`).
     """
     from tlcourse.courseware.browser import Chromium, find_chromium
 
@@ -708,5 +712,17 @@ def print_handouts(decks: Sequence[Path], *, browser: Any = None, timeout: float
         browser.wait_for("document.fonts.status === 'loaded' && Array.from(document.images).every(i => i.complete)",
                          timeout=timeout)
         pdf = browser.print_pdf(deck.with_name(deck.name.split(".")[0] + ".pdf"))
-        rows.append({"deck": str(deck), "pdf": str(pdf), "slides": int(total)})
+        rows.append({"deck": str(deck), "pdf": str(pdf), "slides": int(total), "pages": pdf_page_count(pdf)})
     return rows
+
+
+def pdf_page_count(pdf: Path) -> int:
+    """Pages in a PDF: poppler's ``pdfinfo`` when installed, else the file's page objects counted."""
+    import subprocess
+
+    if shutil.which("pdfinfo"):
+        info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+        found = re.search(r"^Pages:\s+(\d+)", info, flags=re.M)
+        if found:
+            return int(found.group(1))
+    return len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", Path(pdf).read_bytes()))
