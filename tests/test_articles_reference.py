@@ -51,6 +51,11 @@ def test_smoke_run_writes_the_format_and_resumes(tmp_path: Path):
     assert art.main(argv) == 0
     again = json.loads(out.read_text())
     assert len(read_rows(progress)) == lines and again["runs"] == doc["runs"] and again["claims"] == rows
+    # --claims-only recomputes the table from the file and runs nothing
+    out.with_suffix(".csv").unlink()
+    assert art.main([*argv, "--claims-only"]) == 0
+    assert json.loads(out.read_text())["claims"] == rows and out.with_suffix(".csv").is_file()
+    assert len(read_rows(progress)) == lines
 
 
 def test_the_plan_is_seed_major_and_gives_every_recipe_three_seeds():
@@ -146,7 +151,7 @@ def test_the_size_line_reports_where_the_curve_stops_rising():
 def test_missing_runs_say_so_instead_of_inventing_a_number():
     doc = _doc()
     doc["runs"] = [r for r in doc["runs"] if r["recipe"] != "003"]
-    row = _row(art.claims_table(doc), "003", "91%")
+    row = _row(art.claims_table(doc), "003", "91% after 5 epochs")
     assert row["measured"].startswith("not run") and row["verdict"] == "not measured"
     two = _doc()
     two["runs"] = [r for r in two["runs"] if not (r["recipe"] == "000" and r["seed"] == 2)]

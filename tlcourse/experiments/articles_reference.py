@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import statistics
 import sys
@@ -50,7 +51,7 @@ from tlcourse.experiments.reference_runs import Runner, bits, command_line, dead
 from tlcourse.paths import build_dir, shown
 from tlcourse.recipes import TensorBatches, linear_probe, probabilities
 from tlcourse.runtime import seed_everything
-from tlcourse.train import fit
+from tlcourse.train import fit, set_bn_policy
 
 __all__ = ["LAYER_MAP", "REFERENCE", "SMOKE", "ArticleScale", "claims_table", "code_flaws_002", "main",
            "parse_args", "reference_04"]
@@ -74,8 +75,8 @@ class ArticleScale:
     avp_crop: int = 224                  # 002's CenterCrop, applied to the raw image (no Resize, as written)
     avp_per_class: int | None = None     # None: every image of both folders
     cifar_size: int = 32                 # CIFAR-10's own resolution, what 000 trains on
-    n_000: int = 10                      # training images per class (of 10) for 000's full fine-tune
-    n_003: int = 20                      # training images per class (of 5) for 003
+    n_000: int = 20                      # training images per class (of 10) for 000's full fine-tune
+    n_003: int = 40                      # training images per class (of 5) for 003
     n_004: int = 20                      # training images per class (of 10) for 004
     val_per_class: int = 5               # fit's per-epoch validation curve (never used to choose)
     test_per_class: int = 100            # CIFAR-10 test images per class, scored once per run
@@ -106,7 +107,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="the same code path on a tiny subset (seconds)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
                    help="override one integer field of the scale, e.g. --set n_000=20")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--claims-only", action="store_true",
+                   help="recompute the claims table (JSON + CSV) of an existing --out file; runs nothing")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: on a shared, oversubscribed CPU, 2 threads made a linear head 30x slower)")
     p.add_argument("--deadline", default=None, help="UTC HH:MM; runs that would end after it are skipped")
     return p.parse_args(argv)
 
@@ -286,7 +290,11 @@ def run_004(cifar: dict[str, Any], variant: str, scale: ArticleScale, seed: int,
     batch 32, ``epochs_004`` epochs; after epoch ``unfreeze_at`` the stages mapped to ``layer3``
     train too while those mapped to ``layer4`` stay frozen. ``random_layer3``: 004's torch.hub
     call as written (no pretrained=True: random weights); ``pretrained_frozen``: never unfrozen.
-    The stages up to :data:`CUT_004` never train, so they run once (cached maps)."""
+    The stages up to :data:`CUT_004` never train, so they run once (cached maps). The article's
+    training step is elided; every BatchNorm layer keeps its pretrained statistics ("eval" policy):
+    with the course's default (unfrozen layers normalise with batch statistics), the unfrozen
+    stages' outputs at 32 px push every pre-activation of Lite0's last BatchNorm below zero, the
+    features become 0 and the network predicts one class (seen in this run's first attempt)."""
     idx = cifar["subsets"][seed]
     seed_everything(seed)
     model = models.build_backbone(BACKBONE, 10, pretrained=not variant.startswith("random"))
@@ -298,6 +306,7 @@ def run_004(cifar: dict[str, Any], variant: str, scale: ArticleScale, seed: int,
         train_x = maps["x"][idx]
     train_x = maps["x"] if train_x is None else train_x
     top = TopStages(model, CUT_004)
+    set_bn_policy(top, "eval")  # every BatchNorm keeps its pretrained statistics (see the docstring)
 
     def maybe_unfreeze(epoch: int, stats: dict[str, Any], m: nn.Module) -> None:
         if epoch == scale.unfreeze_at and variant.endswith("layer3"):
@@ -362,6 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run (or resume) every recipe, writing the JSON + CSV after each; ``--smoke`` runs in seconds."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.claims_only:
+        doc = json.loads(args.out.read_text())
+        doc["claims"] = claims_table(doc)
+        atomic_write_text(args.out, json.dumps(doc, indent=1, default=float))
+        atomic_write_text(args.out.with_suffix(".csv"), claims_csv(doc["claims"]))
+        return 0
     scale = SMOKE if args.smoke else REFERENCE
     for item in args.set:
         name, _, value = item.partition("=")
@@ -372,11 +387,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     log(f"scale: {asdict(scale)}; {len(runner.done)} runs already in {shown(progress)}")
     cache: dict[str, Any] = {}
+    cifar = ("seeds", "val_per_class", "test_per_class", "cifar_size")
+    inputs = {"avp": ("avp_crop", "avp_per_class", "engine"), "cifar10": ("n_000", "n_004") + cifar,
+              "maps_004": ("n_000", "n_004") + cifar, "cifar5": ("n_003",) + cifar,
+              "similar": ("seeds", "curve_sizes", "curve_px", "curve_val", "curve_test", "engine")}
+    inputs["dissimilar"] = inputs["similar"]
+
+    def tag(name: str) -> str:  # what a loader's output depends on
+        fields = {k: getattr(scale, k) for k in inputs[name]}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def get(name: str, make: Callable[[], Any]) -> Any:
+        """Decoded data and frozen features, kept on disk next to the progress file (a restart reuses them)."""
         if name not in cache:
-            cache[name], sec = timed(make)
-            log(f"{name}: ready in {sec:.0f} s")
+            path = progress.parent / f"{progress.stem}-{name}-{tag(name)}.pt"
+            if path.is_file():
+                cache[name] = torch.load(path, weights_only=True)
+                log(f"{name}: loaded from {shown(path)}")
+            else:
+                cache[name], sec = timed(make)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(cache[name], path)
+                log(f"{name}: ready in {sec:.0f} s")
         return cache[name]
 
     loaders = {
