@@ -174,3 +174,25 @@ def test_the_advisor_never_recommends_against_a_finding(found):
                 assert rec.strategy != loser, (q, f.id)
         if f"sources.{q}" in found:
             assert f"finding sources.{q}" in str(rec)
+
+
+def test_notebook_04s_code_exercise_solution_passes_its_check():
+    """Exercise 04.2's collapsed solution, run on the committed reference run, passes the check the
+    notebook's exercise cell makes (the learner writes code; the solution is checked, not just shown)."""
+    import re
+    from pathlib import Path
+
+    import nbformat
+    import numpy as np
+
+    from tlcourse.courseware import exercises
+
+    nb = nbformat.read(Path(__file__).parents[1] / "notebooks" / "04_decision_matrix.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    solution = re.search(r"<summary>Solution 2</summary>\s*```python\n(.*?)```", text, flags=re.S).group(1)
+    reference = decision_matrix.load_results()
+    gap = decision_matrix.summarize(reference["rows"])["large_dissimilar"]["full_ft"]
+    space = {"reference": reference, "np": np, "exercises": exercises, "gap": gap}
+    exec(solution.replace("exercises.check(", "result = exercises.check("), space)
+    assert space["result"] is True
+    assert 5 < space["my_gap"] < 20  # the X-ray quadrant's validation-to-test gap for full_ft, in points

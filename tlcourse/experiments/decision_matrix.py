@@ -347,12 +347,17 @@ def save_results(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
     return path, csv_path
 
 
-def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"meta": ..., "rows": [...]}`` as written by :func:`save_results`.
+def load_results(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``{"meta": ..., "rows": [...]}`` as written by :func:`save_results`; without ``path``, the
+    committed reference run (package data, ``04_decision_matrix_reference.json``).
 
     A damaged file, or a JSON file of another kind, raises :class:`tlcourse._io.DamagedFileError`
     naming the file and what to do.
     """
+    if path is None:
+        from tlcourse.experiments import results_file
+
+        path = results_file("04_decision_matrix_reference.json")
     return read_or_explain(
         Path(path), read_json, what="decision-matrix results file",
         remedy="Delete it and run the measurement again (or restore the reference copy from git).",
