@@ -284,7 +284,9 @@ def estimated_lines(cell: Any) -> float:
             lines += IMAGE_LINES
         elif "text/html" in data:
             html = data["text/html"] if isinstance(data["text/html"], str) else "".join(data["text/html"])
-            lines += 1.6 * len(_ROW.findall(html)) + 2 * len(re.findall(r"<caption", html)) + 1
+            # a row set in the table's larger type takes a line and a half, three once its cells wrap
+            lines += sum(1.6 if len(re.sub(r"<[^>]+>", "", row)) <= 95 else 3.0 for row in _ROW.findall(html)) \
+                + 2 * len(re.findall(r"<caption", html)) + 1
         elif "text/plain" in data:
             lines += _visual_lines(data["text/plain"] if isinstance(data["text/plain"], str)
                                    else "".join(data["text/plain"])) + 1
