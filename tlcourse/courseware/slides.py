@@ -20,6 +20,13 @@ The slide metadata conventions every notebook follows (checked by
   moves the other paragraphs into the speaker notes (:func:`split_long_prose`); learners still
   read the whole cell in the notebook;
 - the exercises' answer cells and solutions are ``skip``: a deck ends on the exercise list.
+
+Every slide fits the screen, whatever outputs the notebooks carry (:func:`presentable`): long logs
+and printed results show their first and last lines and long tables their first rows, with the
+whole text in the speaker notes; long code continues on sub-slides; a crowded slide continues on a
+sub-slide; the template wraps code and output and shrinks a slide still slightly too big.
+:func:`measure_deck` measures every slide in headless Chromium (tests/test_slide_fit.py), and
+``python -m tlcourse slides --pdf`` prints each deck to a PDF handout (:func:`print_handouts`).
 """
 
 from __future__ import annotations
