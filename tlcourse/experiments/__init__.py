@@ -9,6 +9,8 @@
 - :mod:`~tlcourse.experiments.distributed`       multi-process training (torchrun/DDP), a ``fit`` callback
 - :mod:`~tlcourse.experiments.bf16_parity`       does bf16 autocast train as well as float32 on a CPU?
 - :mod:`~tlcourse.experiments.reference_runs`    what every reference run shares: resumable rows, meta
+- :mod:`~tlcourse.experiments.articles_reference` the seed articles' recipes, run as written (``scripts/articles_reference.py``)
+- :mod:`~tlcourse.experiments.articles_claims`   their claims as a table: measured, with intervals and verdicts
 
 The committed reference runs ship inside the package (``results/``): :func:`results_file` finds
 them in a checkout and in an installed wheel alike.
@@ -22,7 +24,8 @@ from pathlib import Path
 __all__ = ["RESULTS", "results_file"]
 
 #: The committed result files of the reference runs, by name.
-RESULTS = ("04_decision_matrix_reference.json", "04_decision_matrix_reference.csv", "bf16_parity.json")
+RESULTS = ("04_decision_matrix_reference.json", "04_decision_matrix_reference.csv", "bf16_parity.json",
+           "articles_reference.json", "articles_reference.csv")
 
 
 def results_file(name: str) -> Path:

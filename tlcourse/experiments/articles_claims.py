@@ -16,9 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tlcourse import evaluation
+from tlcourse._io import read_json
+from tlcourse.experiments import results_file
 from tlcourse.experiments.reference_runs import unbits
 
-__all__ = ["COLUMNS", "claims_csv", "claims_table", "code_flaws_002", "markdown"]
+__all__ = ["COLUMNS", "claims_csv", "claims_table", "code_flaws_002", "committed_claims", "markdown"]
 
 #: The columns of a claims row, in table order.
 COLUMNS = ("article", "lesson", "did", "claimed", "course_ran", "measured", "verdict")
@@ -318,3 +320,10 @@ def markdown(rows: Sequence[Mapping[str, str]], lesson: str | None = None) -> st
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(esc(r[c]) for c in COLUMNS) + " |" for r in keep]
     return "\n".join(lines)
+
+
+def committed_claims(lesson: str | None = None) -> list[dict[str, str]]:
+    """The claims table recomputed from the committed reference run (``articles_reference.json``),
+    only ``lesson``'s rows if given: ``markdown(committed_claims("05"))`` in a notebook cell."""
+    rows = claims_table(read_json(results_file("articles_reference.json")))
+    return [r for r in rows if lesson is None or r["lesson"] == lesson]
