@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tlcourse.paths import project_root
 
-__all__ = ["BLOCKS", "blocks_in", "render", "render_findings", "update"]
+__all__ = ["BLOCKS", "blocks_in", "render", "render_articles", "render_findings", "update"]
 
 _MARKER = re.compile(r"<!-- generated:(?P<name>[a-z_]+) -->\n(?P<body>.*?)<!-- /generated:(?P=name) -->", re.S)
 
@@ -49,8 +49,16 @@ def render_findings() -> str:
     return "\n".join(rows) + "\n"
 
 
+def render_articles() -> str:
+    """The source articles' recipes and claims, each run by the course: what the article did and claimed,
+    what the course ran, the measured result with its interval, the verdict, and the lesson it belongs to."""
+    from tlcourse.experiments import articles_claims
+
+    return articles_claims.markdown(articles_claims.committed_claims()) + "\n"
+
+
 #: The README's generated blocks and the function that writes each.
-BLOCKS: dict[str, Callable[[], str]] = {"findings": render_findings}
+BLOCKS: dict[str, Callable[[], str]] = {"findings": render_findings, "articles": render_articles}
 
 
 def render(name: str) -> str:
