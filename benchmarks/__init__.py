@@ -2,6 +2,9 @@
 
 Sections, each writing ``build/benchmarks/<section>.json`` and ``.md``:
 
+- ``headline``: naive loop vs the course (float32 and int8) in interleaved rounds of at least 5 s,
+  int8 vs float32 probe accuracy (paired), and phone-sized photos with draft decoding
+  (:mod:`benchmarks.headline`);
 - ``extraction``: feature-extraction throughput of the default backbone end to end from JPEG,
   naive loop vs the course's path, with an ablation (:mod:`benchmarks.extraction`);
 - ``frozen_recipe``: the classic 25-epoch frozen-backbone recipe, naive vs cached features
@@ -15,4 +18,4 @@ Sections, each writing ``build/benchmarks/<section>.json`` and ``.md``:
 ``build/benchmarks/summary.md`` concatenates the sections of the last run.
 """
 
-SECTIONS = ("extraction", "training_steps", "frozen_recipe", "loaders", "notebooks")
+SECTIONS = ("headline", "extraction", "training_steps", "frozen_recipe", "loaders", "notebooks")

@@ -24,6 +24,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: small subsets, no notebooks")
     parser.add_argument("--images", type=int, default=None,
                         help="images for the extraction section (default 160, --quick 64; 0 = all 894)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the headline section")
+    parser.add_argument("--min-seconds", type=float, default=5.0,
+                        help="each headline timing repeats its pass until it lasts this long")
     parser.add_argument("--naive-epochs", type=int, default=1,
                         help="epochs the naive recipe really runs; the 25-epoch total is extrapolated")
     parser.add_argument("--notebook-profile", default="ci", choices=("ci", "default", "gpu"))
@@ -37,6 +40,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run_section(name: str, args: argparse.Namespace) -> Section:
+    if name == "headline":
+        from benchmarks import headline
+
+        return headline.run(images=args.images or None, rounds=2 if args.quick else args.rounds,
+                            min_seconds=1.0 if args.quick else args.min_seconds, phones=20 if args.quick else 200)
     if name == "extraction":
         from benchmarks import extraction
 

@@ -277,3 +277,30 @@ def test_training_steps_section_on_a_tiny_run(monkeypatch: pytest.MonkeyPatch) -
     assert [c["layer"].split()[0] for c in section.data["convolutions"]] == ["depthwise", "dense"]
     assert all(c["fp32_ms"] > 0 and c["bf16_ms"] > 0 for c in section.data["convolutions"])
     assert "bf16" in section.markdown and section.data["cpu_supports_bf16"] is True
+
+
+def test_headline_interleaves_repeats_and_reports_median_ratios() -> None:
+    from benchmarks import headline
+
+    calls: list[str] = []
+    speeds = {"slow": 0.004, "fast": 0.001}
+
+    def contender(name: str):
+        def run() -> None:
+            calls.append(name)
+            end = __import__("time").perf_counter() + speeds[name]
+            while __import__("time").perf_counter() < end:
+                pass
+        return run
+
+    out = headline.interleaved({n: contender(n) for n in speeds}, {"slow": 10, "fast": 10}, rounds=3,
+                               min_seconds=0.02, baseline="slow")
+    order = [t["contender"] for t in out["timings"]]
+    assert order == ["slow", "fast", "fast", "slow", "slow", "fast"]  # A B, B A, A B
+    assert out["passes"]["fast"] >= out["passes"]["slow"] >= 1  # planned from a warm-up pass
+    assert all(t["seconds"] >= 0.02 and t["passes"] >= out["passes"][t["contender"]] for t in out["timings"])
+    ratio_fast = out["summary"]["fast"]["ratio_to_slow"]
+    assert 2.0 < ratio_fast["median"] < 6.0 and ratio_fast["min"] <= ratio_fast["median"] <= ratio_fast["max"]
+    assert out["summary"]["slow"]["ratio_to_slow"]["median"] == 1.0
+    assert headline.spread([1.0, 2.0, 3.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0, "q1": 1.75,
+                                                      "q3": 4.75, "rounds": 4}
