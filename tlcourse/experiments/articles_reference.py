@@ -388,8 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"scale: {asdict(scale)}; {len(runner.done)} runs already in {shown(progress)}")
     cache: dict[str, Any] = {}
     cifar = ("seeds", "val_per_class", "test_per_class", "cifar_size")
-    inputs = {"avp": ("avp_crop", "avp_per_class", "engine"), "cifar10": ("n_000", "n_004") + cifar,
-              "maps_004": ("n_000", "n_004") + cifar, "cifar5": ("n_003",) + cifar,
+    inputs = {"avp": ("avp_crop", "avp_per_class", "engine"), "cifar10": ("n_004",) + cifar,
+              "cifar10_000": ("n_000",) + cifar, "maps_004": ("n_004",) + cifar, "cifar5": ("n_003",) + cifar,
               "similar": ("seeds", "curve_sizes", "curve_px", "curve_val", "curve_test", "engine")}
     inputs["dissimilar"] = inputs["similar"]
 
@@ -413,17 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     loaders = {
         "avp": lambda: avp_features(scale, args.threads),
-        "cifar10": lambda: cifar_split(data.CIFAR10_CLASSES, max(scale.n_000, scale.n_004), scale, scale.seeds),
+        "cifar10": lambda: cifar_split(data.CIFAR10_CLASSES, scale.n_004, scale, scale.seeds),
+        "cifar10_000": lambda: cifar_split(data.CIFAR10_CLASSES, scale.n_000, scale, scale.seeds),
         "cifar5": lambda: cifar_split(CLASSES_003, scale.n_003, scale, scale.seeds),
         "maps_004": lambda: maps_004(models.freeze_backbone(models.build_backbone(BACKBONE, 10)),
                                      get("cifar10", loaders["cifar10"])),
         "similar": lambda: curve_domain("similar", scale, args.threads),
         "dissimilar": lambda: curve_domain("dissimilar", scale, args.threads),
     }
-
-    def sub(d: dict[str, Any], n: int) -> dict[str, Any]:  # the first n per class of each seed's subset
-        return dict(d, subsets={s: [v[i] for i in data.stratified_subset(d["y"][v].tolist(), n, s)]
-                                for s, v in d["subsets"].items()})
 
     steps = plan(scale)
     for k, (recipe, variant, seed) in enumerate(steps):
@@ -435,11 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             fields.update(domain=dom, n_per_class=int(n))
             job = partial(lambda dom, n, s: run_curve(get(dom, loaders[dom]), n, s), dom, int(n), seed)
         elif recipe == "004":
-            job = partial(lambda v, s: run_004(sub(get("cifar10", loaders["cifar10"]), scale.n_004), v, scale, s,
+            job = partial(lambda v, s: run_004(get("cifar10", loaders["cifar10"]), v, scale, s,
                                                lambda: get("maps_004", loaders["maps_004"])), variant, seed)
         elif recipe == "000":
-            job = partial(lambda v, s: run_000(sub(get("cifar10", loaders["cifar10"]), scale.n_000), v, scale, s,
-                                               args.threads), variant, seed)
+            job = partial(lambda v, s: run_000(get("cifar10_000", loaders["cifar10_000"]), v, scale, s, args.threads),
+                          variant, seed)
         else:
             job = partial(lambda s: run_003(get("cifar5", loaders["cifar5"]), scale, s), seed)
         runner.run([recipe, variant, seed], f"{recipe}-{variant.split(':')[0]}", job, fields)
