@@ -274,6 +274,7 @@ def test_notebook_reads_as_a_lesson(path: Path):
 
 @pytest.mark.parametrize(("stem", "module", "names"), [
     ("02", "tlcourse.train.loops", ("train_one_epoch", "evaluate")),
+    ("02", "tlcourse.recipes", ("full_fine_tune",)),
     ("05", "tlcourse.recipes", ("train",)),
 ])
 def test_a_lesson_teaches_the_package_code_inline(stem, module, names):
