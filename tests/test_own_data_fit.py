@@ -85,7 +85,8 @@ def test_an_interrupted_run_resumes_and_a_changed_folder_recomputes(tmp_path: Pa
         m.setattr(pipeline, "top_stage_finetune", interrupted)
         with pytest.raises(KeyboardInterrupt):
             own_data.fit_folder(tmp_path / "f", tmp_path / "out", **FAST)
-    assert len(list((tmp_path / "out" / "cache").glob("efficientnet_lite0-*.pt"))) == 1
+    cache = tmp_path / "out" / "cache"
+    assert [(p / "meta.json").is_file() for p in cache.glob("efficientnet_lite0-*")] == [True]  # one complete entry
     passes = []
     real_pass = activations.backbone_pass
 
@@ -171,3 +172,24 @@ def test_the_device_reaches_every_backbone_pass_and_fine_tune(tmp_path: Path, mo
     assert {name for name, _ in seen} == {"backbone_pass", "top_stage_finetune", "full_finetune"}
     assert all(device == torch.device("cpu") for _, device in seen)
     assert any("device: cpu" in line for line in report.decisions)
+
+
+def test_a_pass_beyond_the_budget_is_announced_and_only_the_cheapest_candidates_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_images(tmp_path / "f", {"a": 12, "b": 12})
+    built: list[str] = []
+    real_build = pipeline.build_backbone
+    monkeypatch.setattr(pipeline, "build_backbone", lambda name, *a, **k: (built.append(name), real_build(name, *a, **k))[1])
+    report = own_data.fit_folder(tmp_path / "f", tmp_path / "out", **{**FAST, "budget": 1, "full_ft": "always",
+                                                                      "larger": ("efficientnet_lite1",)}, export=False)
+    assert built == ["efficientnet_lite0"]  # a skipped larger backbone is not even built
+    lines = report.decisions
+    announced = next(i for i, line in enumerate(lines) if "(timed on its first batch)" in line)
+    assert "pass over 24 images" in lines[announced]
+    assert "does not fit the budget of 1 s" in lines[announced + 1] and "--budget" in lines[announced + 1]
+    assert {c["strategy"] for c in report.candidates} == {"probe_last", "probe_early"}
+    skipped = {s["stage"]: s for s in report.skipped_stages}
+    assert set(skipped) == {"top-stage fine-tune", "efficientnet_lite1 probes", "full fine-tune"}
+    for stage, row in skipped.items():
+        assert row["budget_needed"] > 1
+        assert any(line.endswith(f"(--budget {row['budget_needed']} would run it)") and stage in line for line in lines)

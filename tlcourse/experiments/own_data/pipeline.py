@@ -56,12 +56,19 @@ from tlcourse.runtime import select_device
 from tlcourse.stages import split_below_top
 from tlcourse.strategies import STRATEGY_LABELS
 
-__all__ = ["CLI_NAMES", "LARGER", "MAX_CROP", "NEAR_DUPLICATE", "BadArgument", "check_arguments", "fit_folder"]
+__all__ = ["CLI_NAMES", "DEFAULT_BUDGET", "LARGER", "MAX_CROP", "NEAR_DUPLICATE", "BadArgument", "check_arguments", "fit_folder"]
 
+#: fit's default budget in seconds: on a quiet 2-core CPU a 400-image folder then ends within a minute,
+#: process start included (the main backbone's probes and top-stage fine-tune; larger backbones and
+#: the full fine-tune when a larger budget is given).
+DEFAULT_BUDGET = 60.0
 #: The larger offline backbones tried after the main one, cheapest first.
 LARGER = ("efficientnet_lite1", "efficientnet_lite2")
 #: Cost of a backbone's pass relative to Lite0's, measured on a 2-core CPU (for the budget only).
 RELATIVE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.4, "efficientnet_lite2": 2.0}
+#: Seconds the main backbone's probes take after its pass (measured 1.2 s for 400 images, 59 s for
+#: 1,000 images on a 2-core CPU under a load average of 11; for the announcement only).
+PROBE_SECONDS = 5.0
 #: Seconds kept back for testing, export, the fresh-process checks and the report (measured 21-39 s
 #: for Alien vs Predator on a busy 2-core CPU; the budget is a target, not a hard stop).
 RESERVE = 30.0
@@ -219,7 +226,7 @@ def _drop_near_copies(data: UserData, views: Views, parts: dict[str, list[int]])
              "similarity": round(p.similarity, 4)} for p in pairs]
 
 
-def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: float = 120.0,
+def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: float = DEFAULT_BUDGET,
                backbone: str = DEFAULT_BACKBONE, larger: Sequence[str] = LARGER, seed: int = 0, crop: int | None = None,
                full_ft: str = "auto", export: bool = True, progress: bool = True,
                echo: Callable[[str], Any] | None = print, device: str | torch.device | None = None) -> FitReport:
@@ -270,8 +277,9 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
     log(f"advisor: {rec.n_per_class:g} training images in the smallest class, similarity {similarity:.2f} -> "
         f"{rec.quadrant.replace('_', ' & ')}; the textbook's prior: {STRATEGY_LABELS[rec.strategy]}")
     pre = _preprocessing(backbone, crop)
+    run = _Runner(log, saved, budget)
     views = backbone_pass(model, pre, data.samples, key, cache, cut=split_below_top(model, 2), progress=progress,
-                          device=device)
+                          device=device, on_rate=lambda rate: run.announce_pass(backbone, rate, len(data.samples)))
     log(f"{backbone} features of {len(data.samples)} images and their mirror images: "
         + ("loaded from the cache" if views.hit else f"{views.seconds:.1f} s"))
     parts = {p: data.indices(p) for p in ("train", "val", "test")}
@@ -284,7 +292,6 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
             f"training or validation image (cosine similarity of their features >= {NEAR_DUPLICATE}), and a copy "
             "tests nothing new. Add photos that differ more (other scenes, other days, other objects of each class).")
     y = torch.tensor([label for _, label in data.samples])
-    run = _Runner(log, saved, budget)
     run.stage("probes", 0.0, lambda: probe_candidates(backbone, views, y, parts, seed=seed))
     # an epoch: forward and backward (about 3 forwards) of the top stages on the training images
     ft_cost = FT_EPOCHS * 3 * views.top_seconds * len(parts["train"]) / (2 * len(data.samples))
@@ -292,6 +299,9 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
               lambda: top_stage_finetune(backbone, views, y, parts, len(data.classes), seed=seed, progress=progress,
                                          device=device))
     for name in larger:
+        if run.cheapest_only:  # skipped without building the backbone
+            run.stage(f"{name} probes", RELATIVE_COST.get(name, 2.0) * views.seconds, list)
+            continue
         big, big_pre = build_backbone(name), _preprocessing(name, crop)
         cost = 0.0 if pass_is_cached(big, big_pre, key, cache) else RELATIVE_COST.get(name, 2.0) * views.seconds
         run.stage(f"{name} probes", cost, lambda name=name, big=big, big_pre=big_pre: probe_candidates(
@@ -314,6 +324,20 @@ class _Runner:
         self.log, self.saved, self.budget = log, saved, budget
         self.candidates: list[Candidate] = []
         self.skipped: list[dict[str, Any]] = []
+        self.cheapest_only = False  # the main pass alone exceeds the budget: only its probes run
+
+    def announce_pass(self, backbone: str, seconds_per_image: float, n_images: int) -> None:
+        """Log how long the main pass will take (from its first timed batch) and the run's expected
+        length; when the pass alone exceeds the budget, say so and the budget this folder needs."""
+        estimate = seconds_per_image * n_images
+        end = self.log.elapsed() + estimate + PROBE_SECONDS + RESERVE
+        self.log(f"{backbone} pass over {n_images} images and their mirror images: about {estimate:.0f} s "
+                 f"(timed on its first batch); this run: about {max(end, self.budget):.0f} s")
+        if end > self.budget:
+            self.cheapest_only = True
+            self.log(f"the pass alone does not fit the budget of {self.budget:g} s: this folder needs --budget "
+                     f"{math.ceil(end)} or more for the probes and more for the other candidates; "
+                     f"only the cheapest candidates ({backbone} probes) run")
 
     def stage(self, name: str, estimate: float, make: Callable[[], list[Candidate]]) -> None:
         path = self.saved / (name.replace(" ", "-") + ".pt")
@@ -323,9 +347,12 @@ class _Runner:
             self.log(f"{name}: resumed {len(found)} finished candidate(s) from {path.parent.name}/")
             return
         left = self.budget - RESERVE - self.log.elapsed()
-        if self.candidates and estimate > left:
-            self.skipped.append({"stage": name, "estimated_seconds": round(estimate, 1), "left_seconds": round(left, 1)})
-            self.log(f"{name}: skipped, estimated {estimate:.0f} s but {max(left, 0):.0f} s of the budget left")
+        if self.candidates and (estimate > left or self.cheapest_only):
+            needed = math.ceil(self.log.elapsed() + estimate + RESERVE)
+            self.skipped.append({"stage": name, "estimated_seconds": round(estimate, 1), "left_seconds": round(left, 1),
+                                 "budget_needed": needed})
+            self.log(f"{name}: skipped, estimated {estimate:.0f} s but {max(left, 0):.0f} s of the budget left "
+                     f"(--budget {needed} would run it)")
             return
         start = time.perf_counter()
         found = make()
