@@ -136,3 +136,138 @@ def test_a_probe_that_sees_no_signal_is_flagged_when_it_predicts_one_class():
     y = torch.tensor([0] * 30 + [1] * 10)
     r = recipes.linear_probe((torch.zeros(40, 3), y), (torch.zeros(20, 3), y[:20]), cs=(1.0,))
     assert r.collapsed
+
+
+# ---------------------------------------------------------------- the named strategies (recipes.fine_tuning)
+
+STAGES = ["stem", "block1", "block2"]
+
+
+class StagedNet(nn.Module):
+    """stem -> block1 -> block2 -> fc, registered as the backbone "staged" (as in test_finetune)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 2)
+        self.tlcourse_backbone = "staged"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.block2(self.block1(self.stem(x)))).flatten(1))
+
+
+@pytest.fixture
+def staged(monkeypatch: pytest.MonkeyPatch) -> StagedNet:
+    from tlcourse import models
+
+    spec = models.BackboneSpec(name="staged", family="test", arch="staged", head="fc",
+                               stages=tuple((s, (s,)) for s in STAGES), feature_dim=8, description="test network")
+    monkeypatch.setitem(models.BACKBONES, "staged", spec)
+    torch.manual_seed(0)
+    return StagedNet()
+
+
+def images(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    return torch.randn(n, 3, 8, 8, generator=g) + 1.5 * y[:, None, None, None].float(), y
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def moved(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
+    """The top-level modules with a parameter or buffer that changed."""
+    return {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+
+
+BUDGET = dict(max_epochs=2, patience=5, batch_size=8, seed=0)
+
+
+def test_partial_fine_tune_trains_only_the_named_stages_and_keeps_frozen_batchnorm_still(staged):
+    before = snapshot(staged)
+    r = recipes.partial_fine_tune(staged, images(), images(seed=1), train_stages=["block2"], backbone_lr=0.01,
+                                  head_lr=0.01, bn="frozen-eval", test=images(seed=2), **BUDGET)
+    assert moved(before, staged) == {"block2", "fc"}, "frozen stages (weights and running statistics) stay put"
+    assert r.extra["stages"] == ["block2"] and r.extra["recipe"] == "partial_fine_tune"
+    assert len(r.correct) == 32 and r.epochs == 2 and not r.stopped_early
+
+
+def test_batchnorm_policy_is_an_argument_train_lets_frozen_statistics_move(staged):
+    before = snapshot(staged)
+    recipes.partial_fine_tune(staged, images(), images(seed=1), train_stages=[], backbone_lr=0.01, head_lr=0.01,
+                              bn="train", **BUDGET)
+    assert moved(before, staged) == {"stem", "block1", "block2", "fc"}  # running statistics drift, weights do not
+    assert all(torch.equal(before[k], v) for k, v in staged.state_dict().items() if k.endswith("weight")
+               and not k.startswith("fc"))
+
+
+def test_discriminative_rates_are_explicit_a_zero_backbone_rate_leaves_the_backbone(staged):
+    before = snapshot(staged)
+    r = recipes.full_fine_tune(staged, images(), images(seed=1), backbone_lr=0.0, head_lr=0.01, bn="eval", **BUDGET)
+    assert moved(before, staged) == {"fc"} and r.extra["stages"] == STAGES
+    before = snapshot(staged)
+    recipes.full_fine_tune(staged, images(), images(seed=1), backbone_lr=0.01, head_lr=0.01, **BUDGET)
+    assert moved(before, staged) == {"stem", "block1", "block2", "fc"}
+
+
+def test_top_stage_fine_tune_on_cached_maps_is_the_frozen_network(staged):
+    x, y = images()
+    staged.eval()
+    with torch.inference_mode():
+        maps = staged.block1(staged.stem(x))
+    module, groups = recipes.top_stages(staged, "block1", backbone_lr=1e-4, head_lr=1e-3)
+    with torch.inference_mode():
+        assert torch.allclose(module(maps), staged(x), atol=1e-6)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    before = snapshot(staged)
+    r = recipes.top_stage_fine_tune(staged, "block1", (maps, y), (maps, y), train_stages=[], backbone_lr=0.01,
+                                    head_lr=0.01, flipped=maps.flip(-1), **BUDGET)
+    assert moved(before, staged) == {"fc"} and r.extra["stages"] == []  # train_stages=[]: a frozen extractor
+    with pytest.raises(ValueError, match="below the cut"):
+        recipes.top_stages(staged, "block1", 1e-4, 1e-3, train_stages=["stem"])
+
+
+@pytest.mark.parametrize(("after", "joins"), [(1, True), (5, False)])
+def test_gradual_unfreezing_follows_its_schedule_at_the_rates_it_is_given(staged, after, joins):
+    before = snapshot(staged)
+    r = recipes.gradual_unfreezing(staged, {after: ["block2"]}, images(), images(seed=1), backbone_lr=0.01,
+                                   head_lr=0.01, bn="eval", **BUDGET)
+    assert r.extra["unfrozen"] == ([(1, ["block2"])] if joins else [])
+    assert r.extra["stages"] == (["block2"] if joins else []) and r.extra["backbone_lr"] == 0.01
+    # the best epoch's weights are kept: block2 has moved when an epoch after it joined was the best
+    assert ("block2" in moved(before, staged)) is (joins and r.best_epoch > after)
+    assert "block1" not in moved(before, staged) and "fc" in moved(before, staged)
+
+
+def test_from_scratch_warms_the_rate_up_linearly(staged):
+    r = recipes.from_scratch(staged, images(), images(seed=1), lr=0.08, warmup_epochs=2, **BUDGET)
+    # 4 batches an epoch, 8 warm-up steps: the rate starts at lr/8 and reaches lr * 5/8 by epoch 2
+    assert [round(e["lr"], 6) for e in r.history.epochs] == [0.01, 0.05]
+    assert r.extra["warmup_epochs"] == 2 and r.extra["recipe"] == "from_scratch"
+
+
+def test_collapsed_runs_are_never_scored():
+    good = recipes.RecipeResult(None, 0.9, 3, 2, True, False, 1.0, "cpu", None, torch.tensor([True, True, False]), 2 / 3)
+    other = dataclasses.replace(good, correct=torch.tensor([True, False, False]), accuracy=1 / 3)
+    dead = dataclasses.replace(good, collapsed=True, accuracy=0.5)
+    assert recipes.scored([good, dead, other]) == [good, other]
+    c = recipes.compare_seeds([good, dead], [other])
+    assert c.n_a == 1 and c.mean_a == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="collapsed"):
+        recipes.compare_seeds([dead], [good])
+    with pytest.raises(ValueError, match="collapsed"):
+        recipes.compare_paired(good, dead)
+    assert recipes.compare_paired(good, other).diff == pytest.approx(1 / 3)
+
+
+def test_a_named_recipe_trains_and_scores_on_the_device_it_is_given(staged):
+    spy = Spy(device=torch.device("cpu"))
+    r = recipes.partial_fine_tune(staged, images(), images(seed=1), train_stages=["block2"], backbone_lr=0.01,
+                                  head_lr=0.01, device=spy, test=images(seed=2), **BUDGET)
+    # 2 epochs x (4 training + 1 validation batches), the collapse check and the test pass, inputs and labels
+    assert spy.moved >= 2 * 2 * 5 and spy.prepared >= 1 and r.device == "cpu"

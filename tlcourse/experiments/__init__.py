@@ -8,6 +8,7 @@
 - :mod:`~tlcourse.experiments.own_data`          ``python -m tlcourse fit FOLDER``
 - :mod:`~tlcourse.experiments.distributed`       multi-process training (torchrun/DDP), a ``fit`` callback
 - :mod:`~tlcourse.experiments.bf16_parity`       does bf16 autocast train as well as float32 on a CPU?
+- :mod:`~tlcourse.experiments.finetune_reference` notebook 02's fine-tuning comparisons at a scale where they resolve
 - :mod:`~tlcourse.experiments.reference_runs`    what every reference run shares: resumable rows, meta
 - :mod:`~tlcourse.experiments.articles_reference` the seed articles' recipes, run as written (``scripts/articles_reference.py``)
 - :mod:`~tlcourse.experiments.articles_claims`   their claims as a table: measured, with intervals and verdicts

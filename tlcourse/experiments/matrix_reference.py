@@ -44,7 +44,6 @@ from tlcourse.experiments.reference_runs import (
 )
 from tlcourse.features.extract import extract_activations
 from tlcourse.runtime import device_settings, select_device
-from tlcourse.stages import split_at
 
 __all__ = [
     "REFERENCE_SCALE",
@@ -159,52 +158,27 @@ def stage_activations(model: nn.Module, x: torch.Tensor, cut: str | None, batch_
     return pooled, ((maps, flipped) if mirror else maps)  # type: ignore[return-value]
 
 
-class TopStages(nn.Module):
-    """The stages above ``cut`` plus the head: input = ``cut``'s output.
-
-    With the lower stages frozen and their BatchNorm in eval mode, ``TopStages(model, cut)(map)``
-    equals ``model(x)`` for ``map`` = stage ``cut``'s output on ``x``, so training on cached maps is
-    training the partially frozen network, only faster. A timm EfficientNet-Lite runs its stage
-    modules and ``forward_head``; any other registry backbone (ResNet, VGG) runs the upper part of
-    :func:`tlcourse.stages.split_at`.
-    """
-
-    def __init__(self, model: nn.Module, cut: str) -> None:
-        super().__init__()
-        spec = models.backbone_spec(model)
-        self.model = model
-        self.upper = split_at(model, cut).upper if spec.family != "timm-lite" else None
-        names = spec.stage_names
-        self.paths = [p for name, paths in spec.stages[names.index(cut) + 1:] for p in paths]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.upper is not None:
-            return self.upper(x)
-        for path in self.paths:
-            x = self.model.get_submodule(path)(x)
-        return self.model.forward_head(x)
+#: The stages above a cut plus the head, trained on the cut's cached output: the recipe's class.
+TopStages = recipes.TopStages
 
 
 def build_trained(strategy: str, scale: Scale, backbone_lr: float, num_classes: int = 2,
                   ) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
-    """``(model, module to train, parameter groups)`` for ``partial_ft``, ``full_ft`` or ``scratch``.
+    """``(model, module to train, parameter groups)`` for ``partial_ft``, ``full_ft`` or ``scratch``, as
+    :func:`run_trained`'s recipes set them up (to inspect what trains, at which rate).
 
-    ``partial_ft``'s module is :class:`TopStages` (it trains on cached activations); the others
-    train the whole model. Pretrained layers get ``backbone_lr``, the head ``scale.head_lr``;
-    a network from scratch trains everything at ``scale.scratch_lr``.
+    ``partial_ft``'s module is :class:`TopStages` (:func:`tlcourse.recipes.top_stages`: it trains on
+    cached activations); the others train the whole model. Pretrained layers get ``backbone_lr``,
+    the head ``scale.head_lr``; a network from scratch trains everything at ``scale.scratch_lr``.
     """
+    if strategy not in strategies.TRAINED:
+        raise ValueError(f"{strategy!r} is not a trained strategy (partial_ft, full_ft, scratch)")
     model = models.build_backbone(scale.backbone, num_classes, pretrained=strategy != "scratch")
     if strategy == "scratch":
         return model, model, [{"params": list(model.parameters()), "lr": scale.scratch_lr}]
     if strategy == "partial_ft":
-        models.freeze_backbone(model)
-        models.unfreeze(model, scale.partial_stages)
-        module: nn.Module = TopStages(model, cut_stage(scale))
-    elif strategy == "full_ft":
-        module = model
-    else:
-        raise ValueError(f"{strategy!r} is not a trained strategy (partial_ft, full_ft, scratch)")
-    return model, module, models.param_groups(model, backbone_lr=backbone_lr, head_lr=scale.head_lr)
+        return model, *recipes.top_stages(model, cut_stage(scale), backbone_lr, scale.head_lr)
+    return model, model, models.param_groups(model, backbone_lr=backbone_lr, head_lr=scale.head_lr)
 
 
 def cut_stage(scale: Scale) -> str:
@@ -333,21 +307,27 @@ def run_probes(d: dict[str, Any], idx: list[int], scale: Scale, seed: int) -> di
 
 def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str, scale: Scale,
                 seed: int, backbone_lr: float, device: str | torch.device | None = None) -> dict[str, Any]:
-    """Train one strategy with :func:`tlcourse.recipes.train` (early stopping); test once.
+    """Train one strategy with its recipe (:mod:`tlcourse.recipes`: early stopping, best epoch kept); test once.
 
-    Returns the row's measured fields. ``partial_ft`` trains on cached activations with their
-    mirror images as flip augmentation; the others on decoded images flipped at random.
+    Returns the row's measured fields. ``partial_ft`` is :func:`~tlcourse.recipes.top_stage_fine_tune`
+    on cached activations with their mirror images as flip augmentation; ``full_ft`` and ``scratch``
+    (:func:`~tlcourse.recipes.full_fine_tune`, :func:`~tlcourse.recipes.from_scratch`) train on decoded
+    images flipped at random.
     """
-    model, module, groups = build_trained(strategy, scale, backbone_lr)
+    if strategy not in strategies.TRAINED:
+        raise ValueError(f"{strategy!r} is not a trained strategy (partial_ft, full_ft, scratch)")
+    model = models.build_backbone(scale.backbone, 2, pretrained=strategy != "scratch")
     max_epochs, patience = scale.budget(size_name)
+    budget = dict(max_epochs=max_epochs, patience=patience, batch_size=scale.batch_size, seed=seed, device=device)
+    images = dict(train_data=(d["x"][idx], d["y"][idx]), val=(d["val_x"], d["val_y"]), test=(d["test_x"], d["test_y"]))
     if strategy == "partial_ft":
-        train, val, test = (d["maps"][idx], d["y"][idx]), (d["val_maps"], d["val_y"]), (d["test_maps"], d["test_y"])
-        flipped = d["maps_flipped"][idx]
-    else:
-        train, val, test = (d["x"][idx], d["y"][idx]), (d["val_x"], d["val_y"]), (d["test_x"], d["test_y"])
-        flipped = None
-    r = recipes.train(module, groups, train, val, max_epochs=max_epochs, patience=patience, flip=True,
-                      flipped=flipped, batch_size=scale.batch_size, seed=seed, device=device, test=test)
+        r = recipes.top_stage_fine_tune(model, cut_stage(scale), (d["maps"][idx], d["y"][idx]), (d["val_maps"], d["val_y"]),
+                                        flipped=d["maps_flipped"][idx], test=(d["test_maps"], d["test_y"]),
+                                        backbone_lr=backbone_lr, head_lr=scale.head_lr, **budget)
+    elif strategy == "full_ft":
+        r = recipes.full_fine_tune(model, **images, backbone_lr=backbone_lr, head_lr=scale.head_lr, **budget)
+    else:  # no warm-up: the committed reference ran without one
+        r = recipes.from_scratch(model, **images, lr=scale.scratch_lr, warmup_epochs=0, **budget)
     history = [{"epoch": e["epoch"], "train_accuracy": e["train_acc"], "val_accuracy": e["val_acc"],
                 "val_loss": e["val_loss"]} for e in r.history.epochs]
     return dict(accuracy=r.accuracy, n_test=len(r.correct), correct=bits(r.correct),
