@@ -213,3 +213,11 @@ def test_the_speaker_view_opens_offline_with_the_notes(chromium: Chromium, decks
     assert "epoch 199" in notes, f"the speaker view shows no notes for the log slide: {notes[:200]!r}"
     remote = [u for u in log.requests if not u.startswith(("file:", "data:", "about:", "blob:"))]
     assert remote == [], "the deck asked for something on the network"
+
+
+def test_a_figure_stays_on_the_slide_of_the_statements_that_drew_it():
+    code = "\n".join(f"helper_{i} = make({i})" for i in range(18)) + "\n\nfig = plot(helper_0)\nfig.savefig('x.png')"
+    parts = slides.split_code_for_outputs(code, output_lines=slides.IMAGE_LINES)
+    assert parts[-1] == "fig = plot(helper_0)\nfig.savefig('x.png')", parts
+    assert "\n".join(parts).split() == code.split()
+    assert slides.split_code_for_outputs(code, output_lines=2) == [code], "room for both: one slide"

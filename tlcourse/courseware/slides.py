@@ -342,6 +342,31 @@ def _paced(cells: list[Any]) -> list[Any]:
     return paced
 
 
+def split_code_for_outputs(source: str, output_lines: float) -> list[str]:
+    """:func:`split_code`, and where the last part and the cell's outputs (``output_lines``, e.g. a
+    figure) would not share a slide, that part's last statements split off so they can: the outputs
+    stay next to the code that made them."""
+    parts = split_code(source)
+    room = SLIDE_LINES - output_lines - 1.5
+    last = parts[-1].split("\n")
+    if _visual_lines(parts[-1]) <= room or len(last) < 2:
+        return parts
+    room = max(room, 3)
+    blanks = [k for k, line in enumerate(last) if not line.strip() and 0 < k < len(last) - 1]
+    cut = next((k + 1 for k in blanks if _visual_lines("\n".join(last[k + 1:])) <= room), None)
+    if cut is None:  # no blank line leaves a short enough tail: keep the last lines that fit
+        cut, used = len(last), 0
+        while cut > 1 and used + _visual_lines(last[cut - 1]) <= room:
+            cut -= 1
+            used += _visual_lines(last[cut])
+        while cut < len(last) and last[cut][:1] in (" ", "\t", ")", "]", "}"):  # not inside a block
+            cut += 1
+        if cut >= len(last):
+            return parts
+    head, tail = "\n".join(last[:cut]).strip("\n"), "\n".join(last[cut:]).strip("\n")
+    return [*parts[:-1], head, tail] if head.strip() and tail.strip() else parts
+
+
 def _fenced(text: str, lang: str = "") -> str:
     fence = "````" if "```" in text else "```"
     return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
@@ -422,7 +447,9 @@ def presentable(nb: Any) -> Any:
         if cell.cell_type != "code":
             cells.append(cell)
             continue
-        parts = split_code(cell.source)
+        cell.outputs, notes = _shorten_outputs(cell.get("outputs", []))
+        output_lines = estimated_lines(cell) - _visual_lines(cell.source) - 1.5
+        parts = split_code_for_outputs(cell.source, output_lines)
         for n, part in enumerate(parts[:-1]):
             piece = copy.deepcopy(cell)
             piece.source, piece.outputs = part, []
@@ -435,7 +462,6 @@ def presentable(nb: Any) -> Any:
         if len(parts) > 1:
             cell.source = parts[-1]
             cell.metadata["slideshow"] = {"slide_type": "subslide"}
-        cell.outputs, notes = _shorten_outputs(cell.get("outputs", []))
         cells.append(cell)
         cells.extend(_notes_cell(note) for note in notes)
     nb.cells = _paced(cells)
