@@ -27,6 +27,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the headline section")
     parser.add_argument("--min-seconds", type=float, default=5.0,
                         help="each headline timing repeats its pass until it lasts this long")
+    parser.add_argument("--extraction-only", action="store_true",
+                        help="headline: only the interleaved extraction rounds (no int8 probe, no phone photos)")
     parser.add_argument("--naive-epochs", type=int, default=1,
                         help="epochs the naive recipe really runs; the 25-epoch total is extrapolated")
     parser.add_argument("--notebook-profile", default="ci", choices=("ci", "default", "gpu"))
@@ -44,7 +46,8 @@ def run_section(name: str, args: argparse.Namespace) -> Section:
         from benchmarks import headline
 
         return headline.run(images=args.images or None, rounds=2 if args.quick else args.rounds,
-                            min_seconds=1.0 if args.quick else args.min_seconds, phones=20 if args.quick else 200)
+                            min_seconds=1.0 if args.quick else args.min_seconds, phones=20 if args.quick else 200,
+                            parts=("extraction",) if args.extraction_only else ("extraction", "int8", "phones"))
     if name == "extraction":
         from benchmarks import extraction
 
