@@ -135,6 +135,29 @@ def test_schedule_inside_fit_trains_frozen_stages_only_after_their_epoch(staged)
     assert not torch.equal(snapshots[1]["fc.weight"], start["fc.weight"])
 
 
+class Wrapped(nn.Module):
+    """A module fit trains that holds the backbone (as TopStages holds it above a cut)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_schedule_acts_on_the_backbone_it_is_given_inside_another_module(staged):
+    freeze_backbone(staged)
+    loader = colour_loader()
+    schedule = GradualUnfreezing({1: ["block2"]}, model=staged)
+    start = staged.block2[0].weight.detach().clone()
+    fit(Wrapped(staged), loader, loader, epochs=2, lr=0.05, progress=False, device="cpu", callbacks=[schedule])
+    assert schedule.log == [(1, ["block2"])] and trainable_stages(staged) == ["block2"]
+    assert not torch.equal(staged.block2[0].weight, start)
+    with pytest.raises(ValueError, match="not registered|tlcourse_backbone|backbone"):
+        GradualUnfreezing({1: ["block2"]})(1, {}, Wrapped(staged))  # without model=, the wrapper is no backbone
+
+
 def test_schedule_survives_a_resumed_fit(staged, tmp_path):
     """Stop after epoch 2, resume in a fresh process (fresh model, fresh callback): same result."""
     loader = colour_loader()
