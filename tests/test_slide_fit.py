@@ -221,3 +221,11 @@ def test_a_figure_stays_on_the_slide_of_the_statements_that_drew_it():
     assert parts[-1] == "fig = plot(helper_0)\nfig.savefig('x.png')", parts
     assert "\n".join(parts).split() == code.split()
     assert slides.split_code_for_outputs(code, output_lines=2) == [code], "room for both: one slide"
+
+
+def test_the_slides_command_measures_the_decks_with_check(chromium: Chromium, tmp_path: Path, capsys):
+    from tlcourse.__main__ import main
+
+    assert main(["slides", "--notebooks", NOTEBOOKS[-1].stem[:2], "--out", str(tmp_path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"{NOTEBOOKS[-1].stem}\s+\d+\s+0\s+\d+\s+\d\.\d\d", out), out

@@ -116,9 +116,11 @@ def run_course_command(profile: str, names: Sequence[str], html: bool, update: b
     return 0
 
 
-def run_slides_command(names: Sequence[str], source: str | None, out: str | None, pdf: bool = False) -> int:
+def run_slides_command(names: Sequence[str], source: str | None, out: str | None, pdf: bool = False,
+                       check: bool = False) -> int:
     """Render the notebooks to reveal.js decks with :func:`tlcourse.courseware.slides.build_slides`;
-    with ``pdf``, print each deck to a PDF handout beside it (:func:`~tlcourse.courseware.slides.print_handouts`)."""
+    with ``pdf``, print each deck to a PDF handout beside it (:func:`~tlcourse.courseware.slides.print_handouts`);
+    with ``check``, measure every slide in headless Chromium and fail when one does not fit the screen."""
     rows = build_slides(names or None, out=Path(out).resolve() if out else None,
                         source=Path(source).resolve() if source else None)
     print(table([(r["notebook"], r["slides"], r["figure_slides"], r["notes"], r["deck"]) for r in rows],
@@ -130,6 +132,21 @@ def run_slides_command(names: Sequence[str], source: str | None, out: str | None
         print()
         print(table([(Path(h["pdf"]).stem, h["slides"], h["pages"], h["pdf"]) for h in handouts],
                     ["handout", "slides", "pages", "pdf"]))
+    if check and rows:
+        from tlcourse.courseware.slides import check_fit
+
+        fits = check_fit([Path(r["deck"]) for r in rows])
+        print()
+        print(table([(Path(f["deck"]).name.split(".")[0], f["slides"], len(f["overflowing"]), f["shrunk"],
+                      f"{f['min_zoom']:.2f}") for f in fits],
+                    ["deck", "slides", "overflowing", "shrunk to fit", "min zoom"]))
+        for f in fits:
+            for slide in f["overflowing"]:
+                print(f"  {Path(f['deck']).name.split('.')[0]} {slide.describe()}")
+        if any(f["overflowing"] for f in fits):
+            print("Some slides do not fit a 1280x720 screen (listed above): move content to speaker notes "
+                  "(a markdown cell with slide_type 'notes') or start a subslide in the notebook.", file=sys.stderr)
+            return 1
     for row in rows:
         if not row["executed"]:
             print(f"warning: {row['notebook']} has cells without outputs; its deck shows no results. "
@@ -223,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     slides.add_argument("--out", default=None, metavar="DIR", help="where the decks go (default: build/slides)")
     slides.add_argument("--pdf", action="store_true",
                         help="also print each deck to <notebook>.pdf beside it, one page per slide (headless Chromium)")
+    slides.add_argument("--check", action="store_true",
+                        help="measure every slide at 1280x720 in headless Chromium; exit 1 if one does not fit")
     fit_cmd = commands.add_parser(
         "fit", help="your own images: measure the candidate strategies, choose on validation, test once, export"
     )
@@ -260,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "course":
             return run_course_command(args.profile, args.notebooks, not args.no_html, args.update_notebooks)
         if args.command == "slides":
-            return run_slides_command(args.notebooks, args.source, args.out, args.pdf)
+            return run_slides_command(args.notebooks, args.source, args.out, args.pdf, args.check)
         if args.command == "fit":
             return run_fit_command(args.folder, args.out, args.budget, args.backbone, args.larger, args.seed,
                                    args.crop, args.full_ft, args.device)

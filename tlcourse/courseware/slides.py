@@ -761,3 +761,24 @@ def pdf_page_count(pdf: Path) -> int:
         if found:
             return int(found.group(1))
     return len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", Path(pdf).read_bytes()))
+
+
+def check_fit(decks: Sequence[Path], *, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Measure every slide of each deck (:func:`measure_deck`, one headless Chromium for all).
+
+    Returns one row per deck: deck, slides, overflowing (the :class:`SlideFit` of each slide that
+    does not fit), shrunk (slides the template zoomed out to fit) and min_zoom.
+    """
+    from tlcourse.courseware.browser import Chromium, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        raise FileNotFoundError("Measuring the slides needs headless Chromium, which is not installed: "
+                                "`apt-get install chromium` (Debian/Ubuntu), then run the command again.")
+    rows = []
+    with Chromium(binary, width=VIEWPORT[0], height=VIEWPORT[1], timeout=timeout) as browser:
+        for deck in decks:
+            fits = measure_deck(browser, Path(deck).resolve().as_uri())
+            rows.append({"deck": str(deck), "slides": len(fits), "overflowing": [f for f in fits if not f.fits],
+                         "shrunk": sum(f.zoom < 1 for f in fits), "min_zoom": min((f.zoom for f in fits), default=1.0)})
+    return rows
