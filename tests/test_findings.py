@@ -196,3 +196,26 @@ def test_notebook_04s_code_exercise_solution_passes_its_check():
     exec(solution.replace("exercises.check(", "result = exercises.check("), space)
     assert space["result"] is True
     assert 5 < space["my_gap"] < 20  # the X-ray quadrant's validation-to-test gap for full_ft, in points
+
+
+@pytest.mark.reference_data
+def test_notebook_02s_questions_are_findings_of_its_reference_run():
+    from tlcourse.experiments import finetune_reference
+
+    found = findings.all_findings()
+    doc = json.loads(findings.evidence_path("finetune").read_text())
+    for c in finetune_reference.comparisons(doc):
+        f = found[f"finetune.{c['key']}"]
+        assert f.effect == round(100 * c["diff"], 1) and f.measurable == c["measurable"], c["key"]
+        assert f.verdict == c["verdict"] and str(abs(f.effect)) in f.do or f"{f.effect:+.1f}" in f.do
+    assert doc["meta"]["runs_hit_cap"] == 0 and doc["meta"]["runs_collapsed"] == 0, "every run reached a plateau"
+
+
+@pytest.mark.reference_data
+def test_the_two_learning_rate_findings_give_the_same_advice():
+    found = findings.all_findings()
+    rate = found["finetune.backbone_lr"]
+    if rate.measurable:  # the fine-tuning run can tell the rates apart: the matrix's sweep must not advise the other
+        heads_rate = rate.effect > 0
+        assert ("head's rate" in found["lr.backbone"].do) == heads_rate
+        assert ("head's rate" in rate.do) == heads_rate

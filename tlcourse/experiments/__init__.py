@@ -25,8 +25,8 @@ from pathlib import Path
 __all__ = ["RESULTS", "results_file"]
 
 #: The committed result files of the reference runs, by name.
-RESULTS = ("04_decision_matrix_reference.json", "04_decision_matrix_reference.csv", "bf16_parity.json",
-           "articles_reference.json", "articles_reference.csv")
+RESULTS = ("02_finetune_reference.json", "02_finetune_reference.csv", "04_decision_matrix_reference.json",
+           "04_decision_matrix_reference.csv", "bf16_parity.json", "articles_reference.json", "articles_reference.csv")
 
 
 def results_file(name: str) -> Path:

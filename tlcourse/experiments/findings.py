@@ -27,10 +27,11 @@ from tlcourse.experiments import decision_matrix, results_file
 from tlcourse.strategies import STRATEGY_LABELS, TEXTBOOK, quadrant_title
 
 __all__ = ["ARTICLES", "EVIDENCE", "Finding", "all_findings", "bf16_findings", "budget_findings", "evidence_path",
-           "lr_findings", "matrix_findings", "quote", "shift_findings", "sources_findings"]
+           "finetune_findings", "lr_findings", "matrix_findings", "quote", "shift_findings", "sources_findings"]
 
 #: The committed runs the findings come from.
-EVIDENCE = {"matrix": "04_decision_matrix_reference.json", "bf16": "bf16_parity.json"}
+EVIDENCE = {"matrix": "04_decision_matrix_reference.json", "bf16": "bf16_parity.json",
+            "finetune": "02_finetune_reference.json"}
 #: Chance accuracy of the decision matrix's tasks: two classes, balanced test sets.
 CHANCE = decision_matrix.CHANCE
 #: Where the course's two matrix articles (/work/shared/seeds 000 and 001) disagree: their first
@@ -312,13 +313,64 @@ def _read(path: Path) -> dict[str, Any]:
                            remedy="Restore it with git checkout, or run its script again.")
 
 
+#: What each arm of notebook 02's reference run is, in a sentence's words.
+FINETUNE_ARMS = {"frozen": "the frozen extractor (head only)", "frozen_bn_train": "the frozen extractor with BatchNorm in train mode",
+                 "fine_tune": "fine-tuning the top stage at 1e-4", "fine_tune_lr1e-3": "fine-tuning the top stage at 1e-3",
+                 "fine_tune_bn_train": "fine-tuning with BatchNorm in train mode", "gradual": "gradual unfreezing"}
+#: What to do, by comparison: when ``a`` wins, when ``b`` wins, and when the run cannot tell them apart.
+FINETUNE_ADVICE = {
+    "frozen_vs_fine_tune": ("fine-tune the top stages of a pretrained network on similar photos at this size",
+                            "keep the backbone frozen and train the head",
+                            "start with the frozen extractor, the cheaper of the two"),
+    "backbone_lr": ("train the pretrained layers at the head's rate (1e-3)",
+                    "give the pretrained layers a tenth of the head's rate (1e-4)",
+                    "either rate works at this scale; choose it on your validation set"),
+    "bn_frozen": ("keep frozen BatchNorm layers in eval mode (the course's fit does)",
+                  "let frozen BatchNorm layers follow the new data (train mode)",
+                  "the BatchNorm mode of a frozen extractor made no measurable difference here; keep eval mode, "
+                  "which leaves frozen layers frozen"),
+    "bn_fine_tune": ("fine-tune with BatchNorm in eval mode (its ImageNet statistics)",
+                     "let BatchNorm re-estimate its statistics while fine-tuning (train mode)",
+                     "either BatchNorm mode works when fine-tuning at this scale"),
+    "gradual": ("unfreeze gradually: the head first, then the backbone",
+                "train the backbone from the first epoch: gradual unfreezing lost",
+                "skip gradual unfreezing: it did not help here, and a schedule is one more thing to tune"),
+}
+
+
+def finetune_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
+    """Notebook 02's questions, from its reference run (:mod:`tlcourse.experiments.finetune_reference`)."""
+    from tlcourse.experiments import finetune_reference
+
+    design, out = doc["meta"]["design"], []
+    for c in finetune_reference.comparisons(doc):
+        if "diff" not in c or c["n_seeds"] < evaluation.MIN_SEEDS:
+            continue
+        where = (f"{source}: CIFAR-10, {design['train_per_class']} training images per class, "
+                 f"{design['test_per_class'] * design['classes']} test images, {c['n_seeds']} seeds, {design['size']} px")
+        effect, low, high = (round(100 * v, 1) for v in (c["diff"], c["low"], c["high"]))
+        a, b = FINETUNE_ARMS.get(c["a"], c["a"]), FINETUNE_ARMS.get(c["b"], c["b"])
+        win_a, win_b, tie = FINETUNE_ADVICE[c["key"]]
+        if c["measurable"]:
+            winner, loser, advice = (a, b, win_a) if effect > 0 else (b, a, win_b)
+            do = (f"{advice[0].upper()}{advice[1:]}: {winner} beat {loser} by {abs(effect):.1f} points "
+                  f"(95% CI {min(abs(low), abs(high)):.1f} to {max(abs(low), abs(high)):.1f}).")
+        else:
+            do = (f"{tie[0].upper()}{tie[1:]}: {a} minus {b} = {effect:+.1f} points (95% CI {low:+.1f} to "
+                  f"{high:+.1f}), not measurable at this size.")
+        out.append(Finding(f"finetune.{c['key']}", c["question"], where, effect, low, high, c["measurable"],
+                           c["verdict"], do))
+    return out
+
+
 def all_findings(paths: Mapping[str, str | os.PathLike[str]] | None = None) -> dict[str, Finding]:
     """Every finding, by id, from the committed runs (``paths`` overrides :func:`evidence_path`)."""
     where = {k: Path((paths or {}).get(k, evidence_path(k))) for k in EVIDENCE}
-    matrix, bf16 = _read(where["matrix"]), _read(where["bf16"])
+    matrix, bf16, finetune = _read(where["matrix"]), _read(where["bf16"]), _read(where["finetune"])
     src = "decision-matrix reference run"
     found = [*matrix_findings(matrix, src), *sources_findings(matrix, src), *shift_findings(matrix, src),
-             *budget_findings(matrix, src), *lr_findings(matrix, src), *bf16_findings(bf16, "bf16 parity run")]
+             *budget_findings(matrix, src), *lr_findings(matrix, src), *bf16_findings(bf16, "bf16 parity run"),
+             *finetune_findings(finetune, "fine-tuning reference run")]
     return {f.id: f for f in found}
 
 
