@@ -18,6 +18,7 @@ import pytest
 
 from tlcourse.experiments import articles_claims as claims
 from tlcourse.experiments import articles_reference as art
+from tlcourse.experiments import results_file
 from tlcourse.experiments.reference_runs import bits, read_rows
 
 ARTICLES = {"000", "001", "002", "003", "004"}
@@ -130,6 +131,7 @@ def test_a_claimed_accuracy_inside_the_interval_is_consistent_and_one_above_it_i
 def test_the_five_versus_fifteen_epoch_claim_gets_a_welch_verdict():
     better = _row(art.claims_table(_doc(acc_003=(140, 180))), "003", "10 more epochs")
     assert better["verdict"].startswith("epoch 15 is better than epoch 5") and "Welch" in better["measured"]
+    assert "the claimed +6 points lies outside" in better["verdict"]  # 20 points measured
     same = _row(art.claims_table(_doc(acc_003=(150, 150))), "003", "10 more epochs")
     assert same["verdict"].startswith("no measurable difference")
 
@@ -144,7 +146,7 @@ def test_random_weights_and_the_medical_claim_follow_the_numbers():
 
 def test_the_size_line_reports_where_the_curve_stops_rising():
     row = _row(art.claims_table(_doc()), "001", "1000")
-    assert "first size not measurably below the largest: 100" in row["measured"]
+    assert "from 100 per class up, no size is measurably below the largest" in row["measured"]
     assert "well below 1000" in row["verdict"]
 
 
@@ -162,3 +164,23 @@ def test_the_eight_flaws_of_002_are_distinct_and_listed():
     assert len(claims.code_flaws_002) == 8 == len(set(claims.code_flaws_002))
     row = _row(art.claims_table(_doc()), "002", "this code")
     assert row["measured"].startswith("8 flaws") and all(f in row["measured"] for f in claims.code_flaws_002)
+
+
+# ---------------------------------------------------------------- the committed result
+
+
+def test_the_committed_result_has_three_seeds_per_recipe_and_current_claims():
+    doc = json.loads(results_file("articles_reference.json").read_text())
+    meta = doc["meta"]
+    assert not meta["smoke"] and meta["command"].startswith("TLCOURSE_MIRROR=<mirror> python scripts/articles_reference.py")
+    assert {"cpu", "torch_threads", "packages"} <= set(meta["hardware"])
+    seeds = {}
+    for r in doc["runs"]:
+        seeds.setdefault((r["recipe"], r["variant"]), set()).add(r["seed"])
+    assert {recipe for recipe, _ in seeds} == ARTICLES
+    if meta["complete"]:
+        assert all(len(s) >= 3 for s in seeds.values()), seeds
+    assert doc["claims"] == art.claims_table(doc), "stale table: python scripts/articles_reference.py --claims-only"
+    assert claims.committed_claims("05") == [r for r in doc["claims"] if r["lesson"] == "05"]
+    table = list(csv.DictReader(io.StringIO(results_file("articles_reference.csv").read_text())))
+    assert table == doc["claims"]

@@ -153,7 +153,11 @@ def _rows_003(doc: Mapping[str, Any], scale: Mapping[str, Any], meta: Mapping[st
     m5, e5 = _measured("after 5 epochs", runs, "accuracy_5", "correct_5")
     m15, e15 = _measured(f"after {last} epochs", runs)
     where = "on the CIFAR-10 stand-in, which is not the article's data"
-    comp, _ = _compare(f"epoch {last}", _acc(runs), "epoch 5", _acc(runs, "accuracy_5"))
+    comp, c = _compare(f"epoch {last}", _acc(runs), "epoch 5", _acc(runs, "accuracy_5"))
+    gain = comp.split(" (")[0] if runs else "not measured"
+    if c is not None:
+        inside = "inside" if c.low <= 0.06 <= c.high else "outside"
+        gain += f"; the claimed +6 points lies {inside} the 95% interval ({100 * c.low:.1f} to {100 * c.high:.1f})"
     return [
         dict(article="003", lesson="02", did=did, claimed="91% after 5 epochs", course_ran=ran, measured=m5,
              verdict=_against(0.91, e5, where)),
@@ -161,7 +165,7 @@ def _rows_003(doc: Mapping[str, Any], scale: Mapping[str, Any], meta: Mapping[st
              verdict=_against(0.97, e15, where)),
         dict(article="003", lesson="02", did="trains 15 epochs rather than 5",
              claimed="10 more epochs add 6 points (91% to 97%)", course_ran="the same runs, test scored at both epochs",
-             measured=comp, verdict=comp.split(" (")[0] if runs else "not measured"),
+             measured=comp, verdict=gain),
     ]
 
 
@@ -264,12 +268,12 @@ def _curve_summary(doc: Mapping[str, Any], domain: str) -> tuple[str, int | None
         return f"{domain}: not run", None
     top = max(by_n)
     parts = [f"{n}: {_pct(statistics.mean(v))}" for n, v in sorted(by_n.items())]
-    enough = None
-    for n in sorted(by_n)[:-1]:
+    enough = None  # walking down from the largest size: the last size still not measurably below it
+    for n in sorted(by_n, reverse=True)[1:]:
         _, c = _compare(str(top), by_n[top], str(n), by_n[n])
-        if c is not None and not evaluation.measurable(c):
-            enough = n
+        if c is None or (evaluation.measurable(c) and c.diff > 0):
             break
+        enough = n
     return f"{domain} probe accuracy by images per class ({len(by_n[top])} seeds): " + ", ".join(parts), enough
 
 
@@ -277,7 +281,7 @@ def _row_001(doc: Mapping[str, Any], ref: Mapping[str, Any], scale: Mapping[str,
     texts, firsts = [], {}
     for dom in ("similar", "dissimilar"):
         text, enough = _curve_summary(doc, dom)
-        texts.append(text + (f"; first size not measurably below the largest: {enough}" if enough else ""))
+        texts.append(text + (f"; from {enough} per class up, no size is measurably below the largest" if enough else ""))
         firsts[dom] = enough
     best = []
     for q, table in sorted(ref.get("values", {}).items()):

@@ -76,7 +76,7 @@ class ArticleScale:
     avp_per_class: int | None = None     # None: every image of both folders
     cifar_size: int = 32                 # CIFAR-10's own resolution, what 000 trains on
     n_000: int = 20                      # training images per class (of 10) for 000's full fine-tune
-    n_003: int = 40                      # training images per class (of 5) for 003
+    n_003: int = 100                     # training images per class (of 5) for 003
     n_004: int = 20                      # training images per class (of 10) for 004
     val_per_class: int = 5               # fit's per-epoch validation curve (never used to choose)
     test_per_class: int = 100            # CIFAR-10 test images per class, scored once per run
