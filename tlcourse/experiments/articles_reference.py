@@ -75,7 +75,7 @@ class ArticleScale:
     avp_crop: int = 224                  # 002's CenterCrop, applied to the raw image (no Resize, as written)
     avp_per_class: int | None = None     # None: every image of both folders
     cifar_size: int = 32                 # CIFAR-10's own resolution, what 000 trains on
-    n_000: int = 20                      # training images per class (of 10) for 000's full fine-tune
+    n_000: int = 100                     # training images per class (of 10) for 000's full fine-tune
     n_003: int = 100                     # training images per class (of 5) for 003
     n_004: int = 20                      # training images per class (of 10) for 004
     val_per_class: int = 5               # fit's per-epoch validation curve (never used to choose)
