@@ -60,3 +60,15 @@ def test_comparisons_leave_collapsed_runs_out():
     first = ftr.comparisons(doc)[0]
     assert first["key"] == "frozen_vs_fine_tune" and first["collapsed"] == 1 and first["n_seeds"] == 2
     assert [p["seed"] for p in first["paired"]] == [1, 2]
+
+
+def test_the_committed_reference_run_has_the_scale_the_comparisons_need():
+    from tlcourse.experiments import results_file
+
+    doc = json.loads(results_file("02_finetune_reference.json").read_text())
+    meta, design = doc["meta"], doc["meta"]["design"]
+    assert meta["complete"] and not meta["smoke"] and meta["command"].startswith("TLCOURSE_MIRROR=")
+    assert design["train_per_class"] >= 500 and meta["n_test"] >= 2000 and design["seeds"] >= 5
+    assert meta["train_val_overlap"] == 0 and meta["runs_hit_cap"] == 0
+    assert all(r["stopped_on_plateau"] for r in doc["rows"]) and len(doc["rows"]) == design["seeds"] * len(ftr.ARMS)
+    assert all(c["n_seeds"] == design["seeds"] for c in ftr.comparisons(doc))
