@@ -208,7 +208,7 @@ def _rows_004(doc: Mapping[str, Any], scale: Mapping[str, Any], meta: Mapping[st
             f"model.parameters(), batch 32 (not given), {scale.get('epochs_004')} epochs; the never-trained stages "
             f"up to {meta.get('cut_004')} run once (cached maps); every BatchNorm keeps its pretrained statistics "
             f"(the article's training step is elided; letting the unfrozen stages normalise with batch statistics "
-            f"at 32 px collapsed the network to one class, 10.0% on seed 0, in a first attempt); "
+            f"at 32 px collapsed the network to one class, 10.0% on seed 0, in a first attempt at 20 images per class); "
             f"{len(runs['pretrained_layer3'])} seeds")
     m_pre, _ = _measured("pretrained, layer3 unfrozen at epoch 5", runs["pretrained_layer3"])
     m_frz, _ = _measured("pretrained, all frozen", runs["pretrained_frozen"])

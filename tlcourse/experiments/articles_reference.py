@@ -77,7 +77,7 @@ class ArticleScale:
     cifar_size: int = 32                 # CIFAR-10's own resolution, what 000 trains on
     n_000: int = 100                     # training images per class (of 10) for 000's full fine-tune
     n_003: int = 100                     # training images per class (of 5) for 003
-    n_004: int = 20                      # training images per class (of 10) for 004
+    n_004: int = 100                     # training images per class (of 10) for 004
     val_per_class: int = 5               # fit's per-epoch validation curve (never used to choose)
     test_per_class: int = 100            # CIFAR-10 test images per class, scored once per run
     curve_sizes: tuple[int, ...] = (10, 40, 100, 250, 500, 1000)
