@@ -22,7 +22,7 @@ import pytest
 from headless_chromium import Chromium, find_chromium
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from tlcourse.courseware import slides
+from tlcourse.courseware import slide_layout, slides
 from tlcourse.courseware.course import notebooks
 
 NOTEBOOKS = notebooks()
@@ -62,39 +62,39 @@ def crowded_lesson() -> nbformat.NotebookNode:
 # ---------------------------------------------------------------- moving what does not fit
 
 def test_a_long_log_shows_its_head_and_tail_and_the_notes_hold_all_of_it():
-    shown, cut = slides.shorten_text(LOG)
+    shown, cut = slide_layout.shorten_text(LOG)
     assert cut and shown.startswith("epoch   0") and "epoch 199" in shown
     assert "more lines in the speaker notes" in shown
-    assert slides._visual_lines(shown) <= slides.MAX_OUTPUT_LINES
-    assert slides.shorten_text("a\nb\n") == ("a\nb\n", False)
+    assert slide_layout._visual_lines(shown) <= slide_layout.MAX_OUTPUT_LINES
+    assert slide_layout.shorten_text("a\nb\n") == ("a\nb\n", False)
     nb = slides.presentable(crowded_lesson())
     notes = [c.source for c in nb.cells if slides.slide_type(c) == "notes"]
     assert any(LOG.strip() in n for n in notes), "the full log is in the speaker notes"
 
 
 def test_a_progress_bar_counts_as_the_line_it_ends_as():
-    assert slides._as_printed("10%\r50%\r100%\nnext\n") == "100%\nnext\n"
+    assert slide_layout._as_printed("10%\r50%\r100%\nnext\n") == "100%\nnext\n"
 
 
 def test_a_long_table_keeps_its_first_rows_and_says_where_the_rest_is():
-    shown, left_out = slides.shorten_table(TABLE)
-    assert left_out == 40 - slides.MAX_TABLE_ROWS
-    assert len(re.findall(r"<tr>", shown)) == 1 + slides.MAX_TABLE_ROWS  # header + kept rows
+    shown, left_out = slide_layout.shorten_table(TABLE)
+    assert left_out == 40 - slide_layout.MAX_TABLE_ROWS
+    assert len(re.findall(r"<tr>", shown)) == 1 + slide_layout.MAX_TABLE_ROWS  # header + kept rows
     assert f"{left_out} more rows in the speaker notes" in shown and 'colspan="9"' in shown
-    assert slides.shorten_table("<table><tbody><tr><td>1</td></tr></tbody></table>")[1] == 0
+    assert slide_layout.shorten_table("<table><tbody><tr><td>1</td></tr></tbody></table>")[1] == 0
 
 
 def test_long_code_continues_on_sub_slides_cut_between_statements():
-    parts = slides.split_code(LONG_CODE)
-    assert len(parts) > 1 and all(slides._visual_lines(p) <= slides.MAX_CODE_LINES for p in parts)
+    parts = slide_layout.split_code(LONG_CODE)
+    assert len(parts) > 1 and all(slide_layout._visual_lines(p) <= slide_layout.MAX_CODE_LINES for p in parts)
     assert "\n".join(p for p in parts).split() == LONG_CODE.split(), "no line lost or repeated"
     assert all(not p.startswith("\n") for p in parts)
-    assert slides.split_code("x = 1") == ["x = 1"]
+    assert slide_layout.split_code("x = 1") == ["x = 1"]
 
 
 def test_a_list_too_long_for_a_slide_continues_under_its_heading():
     source = "## Exercises\n\n" + "\n".join(f"{i}. exercise " + "word " * 40 for i in range(1, 21))
-    parts = slides.split_markdown(source)
+    parts = slide_layout.split_markdown(source)
     assert len(parts) > 1 and all(p.startswith("## Exercises") for p in parts)
     assert parts[1].startswith("## Exercises (continued)")
     assert sum(len(re.findall(r"^\d+\. ", p, flags=re.M)) for p in parts) == 20
@@ -217,10 +217,10 @@ def test_the_speaker_view_opens_offline_with_the_notes(chromium: Chromium, decks
 
 def test_a_figure_stays_on_the_slide_of_the_statements_that_drew_it():
     code = "\n".join(f"helper_{i} = make({i})" for i in range(18)) + "\n\nfig = plot(helper_0)\nfig.savefig('x.png')"
-    parts = slides.split_code_for_outputs(code, output_lines=slides.IMAGE_LINES)
+    parts = slide_layout.split_code_for_outputs(code, output_lines=slide_layout.IMAGE_LINES)
     assert parts[-1] == "fig = plot(helper_0)\nfig.savefig('x.png')", parts
     assert "\n".join(parts).split() == code.split()
-    assert slides.split_code_for_outputs(code, output_lines=2) == [code], "room for both: one slide"
+    assert slide_layout.split_code_for_outputs(code, output_lines=2) == [code], "room for both: one slide"
 
 
 def test_the_slides_command_measures_the_decks_with_check(chromium: Chromium, tmp_path: Path, capsys):

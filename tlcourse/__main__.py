@@ -21,7 +21,7 @@ from tlcourse import data
 from tlcourse._io import DiskWriteError
 from tlcourse.courseware.course import run_course
 from tlcourse.courseware.environment import report_text
-from tlcourse.courseware.slides import build_slides
+from tlcourse.courseware.slides import build_slides, check_fit, print_handouts
 from tlcourse.experiments.own_data import LARGER, fit_folder
 from tlcourse.experiments.own_data.pipeline import CLI_NAMES, MAX_CROP, check_arguments
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, stage_weights, weights_status
@@ -126,15 +126,11 @@ def run_slides_command(names: Sequence[str], source: str | None, out: str | None
     print(table([(r["notebook"], r["slides"], r["figure_slides"], r["notes"], r["deck"]) for r in rows],
                 ["notebook", "slides", "figure slides", "speaker notes", "deck"]))
     if pdf and rows:
-        from tlcourse.courseware.slides import print_handouts
-
         handouts = print_handouts([Path(r["deck"]) for r in rows])
         print()
         print(table([(Path(h["pdf"]).stem, h["slides"], h["pages"], h["pdf"]) for h in handouts],
                     ["handout", "slides", "pages", "pdf"]))
     if check and rows:
-        from tlcourse.courseware.slides import check_fit
-
         fits = check_fit([Path(r["deck"]) for r in rows])
         print()
         print(table([(Path(f["deck"]).name.split(".")[0], f["slides"], len(f["overflowing"]), f["shrunk"],

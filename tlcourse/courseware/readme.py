@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tlcourse.experiments import articles_claims
+from tlcourse.experiments.findings import all_findings
 from tlcourse.paths import project_root
 
 __all__ = ["BLOCKS", "blocks_in", "render", "render_articles", "render_findings", "update"]
@@ -40,8 +42,6 @@ def _effect(low: float | None, high: float | None, effect: float | None) -> str:
 
 def render_findings() -> str:
     """One row per finding: id, question, effect in points with its 95% interval, measurable, what to do."""
-    from tlcourse.experiments.findings import all_findings
-
     rows = ["| finding | question | effect, points (95% CI) | measurable | what to do |", "|---|---|---|---|---|"]
     for f in all_findings().values():
         rows.append(f"| `{f.id}` | {_cell(f.question)} | {_effect(f.low, f.high, f.effect)} | "
@@ -52,8 +52,6 @@ def render_findings() -> str:
 def render_articles() -> str:
     """The source articles' recipes and claims, each run by the course: what the article did and claimed,
     what the course ran, the measured result with its interval, the verdict, and the lesson it belongs to."""
-    from tlcourse.experiments import articles_claims
-
     return articles_claims.markdown(articles_claims.committed_claims()) + "\n"
 
 

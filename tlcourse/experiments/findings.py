@@ -23,7 +23,7 @@ from typing import Any
 
 from tlcourse import evaluation
 from tlcourse._io import read_json, read_or_explain
-from tlcourse.experiments import decision_matrix, results_file
+from tlcourse.experiments import decision_matrix, finetune_reference, results_file
 from tlcourse.strategies import STRATEGY_LABELS, TEXTBOOK, quadrant_title
 
 __all__ = ["ARTICLES", "EVIDENCE", "Finding", "all_findings", "bf16_findings", "budget_findings", "evidence_path",
@@ -340,8 +340,6 @@ FINETUNE_ADVICE = {
 
 def finetune_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
     """Notebook 02's questions, from its reference run (:mod:`tlcourse.experiments.finetune_reference`)."""
-    from tlcourse.experiments import finetune_reference
-
     design, out = doc["meta"]["design"], []
     for c in finetune_reference.comparisons(doc):
         if "diff" not in c or c["n_seeds"] < evaluation.MIN_SEEDS:

@@ -13,25 +13,27 @@ it once:
   layers and input size into ``build/onnx``;
 - :mod:`~tlcourse.features.cache`: :func:`cached_features` keeps them on disk under a key of
   everything they depend on (weights, preprocessing, layer, the images themselves), and
-  :func:`cached_activations` keeps a whole pass (maps, mirror images) as memory-mapped files;
+  :func:`~tlcourse.features.activations.cached_activations` keeps a whole pass (maps, mirror images) as memory-mapped files;
 - :mod:`~tlcourse.features.probes`: :func:`train_linear_probe` (the course's training loop),
   :func:`fit_logistic_regression`, :func:`probe_accuracy_cv` and :func:`nearest_neighbours`.
 """
 
-from tlcourse.features.cache import (
+from tlcourse.features.activations import (
     ACTIVATIONS_FORMAT,
-    CACHE_FORMAT,
     ActivationSet,
     ArrayRows,
-    FeatureSet,
     activation_key,
+    cached_activations,
+    load_activations,
+)
+from tlcourse.features.cache import (
+    CACHE_FORMAT,
+    FeatureSet,
     backbone_fingerprint,
     cache_key,
-    cached_activations,
     cached_features,
     cached_stage_features,
     dataset_fingerprint,
-    load_activations,
 )
 from tlcourse.features.engine import EngineSettings, EngineUnavailable, OnnxFeatures, engine_settings, onnx_path
 from tlcourse.features.extract import (

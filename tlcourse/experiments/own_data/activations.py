@@ -40,7 +40,7 @@ from tlcourse.features import (
     extract_features,
     load_activations,
 )
-from tlcourse.features.cache import activation_path
+from tlcourse.features.activations import activation_path
 from tlcourse.features.engine import release_sessions
 from tlcourse.models import Preprocessing, backbone_spec
 from tlcourse.runtime import device_settings
