@@ -23,7 +23,7 @@ from tlcourse.courseware.course import run_course
 from tlcourse.courseware.environment import report_text
 from tlcourse.courseware.slides import build_slides, check_fit, print_handouts
 from tlcourse.experiments.own_data import LARGER, fit_folder
-from tlcourse.experiments.own_data.pipeline import CLI_NAMES, MAX_CROP, check_arguments
+from tlcourse.experiments.own_data.pipeline import CLI_NAMES, DEFAULT_BUDGET, MAX_CROP, check_arguments
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, stage_weights, weights_status
 from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir, shown
 from tlcourse.tables import table
@@ -246,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit_cmd.add_argument("--out", default=None, metavar="DIR", help="report, model and caches (default: FOLDER-fit)")
     # --budget, --seed and --crop stay text here: check_arguments says what is allowed, which
     # argparse's "invalid int value" does not
-    fit_cmd.add_argument("--budget", default=120.0, metavar="SECONDS",
-                         help="seconds for the whole run, above 0 (default 120); candidates that would not fit "
-                              "are skipped")
+    fit_cmd.add_argument("--budget", default=DEFAULT_BUDGET, metavar="SECONDS",
+                         help=f"seconds for the whole run, above 0 (default {DEFAULT_BUDGET:g}); candidates that "
+                              "would not fit are skipped")
     fit_cmd.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME",
                          help=f"the main backbone, one of {', '.join(BACKBONES)}")
     fit_cmd.add_argument("--larger", nargs="*", default=list(LARGER), metavar="NAME",
