@@ -24,6 +24,7 @@ from tlcourse.courseware.environment import report_text
 from tlcourse.courseware.slides import build_slides, check_fit, print_handouts
 from tlcourse.experiments.own_data import LARGER, fit_folder
 from tlcourse.experiments.own_data.pipeline import CLI_NAMES, DEFAULT_BUDGET, MAX_CROP, check_arguments
+from tlcourse.experiments.own_data.report import TestAlreadyScored
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, stage_weights, weights_status
 from tlcourse.paths import MIRROR_ENV, data_dir, mirror_dir, shown
 from tlcourse.tables import table
@@ -37,6 +38,7 @@ USER_ERRORS = (
     data.DatasetLayoutError,
     ValueError,
     OSError,
+    TestAlreadyScored,
 )
 
 
@@ -166,7 +168,8 @@ def _number(text: str | float | None) -> int | float | str | None:
 
 
 def run_fit_command(folder: str, out: str | None, budget: str | float, backbone: str, larger: Sequence[str],
-                    seed: str | int, crop: str | None, full_ft: str, device: str = "auto") -> int:
+                    seed: str | int, crop: str | None, full_ft: str, device: str = "auto",
+                    rescore_test: bool = False) -> int:
     """Run :func:`tlcourse.experiments.own_data.fit_folder` on a folder and print where the report is.
 
     The arguments are checked first, with messages that name the options (``--budget must be ...``);
@@ -178,7 +181,7 @@ def run_fit_command(folder: str, out: str | None, budget: str | float, backbone:
                     full_ft=full_ft)
     settings["larger"] = check_arguments(folder, out_dir, **settings, names=CLI_NAMES)
     try:
-        report = fit_folder(folder, out_dir, device=device, **settings)  # type: ignore[arg-type]
+        report = fit_folder(folder, out_dir, device=device, rescore_test=rescore_test, **settings)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         print(f"\ninterrupted: the candidates finished so far are saved in {shown(out_dir)}; run the same command again "
               "to resume from there.", file=sys.stderr)
@@ -261,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="full fine-tuning: when the estimated time fits the budget (auto), always, never")
     fit_cmd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                          help="where the backbone passes and fine-tunes run (default auto: the GPU when there is one)")
+    fit_cmd.add_argument("--rescore-test", action="store_true",
+                         help="let a new choice score a test set an earlier run already scored (a second look; "
+                              "the report says so)")
     return parser
 
 
@@ -278,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_slides_command(args.notebooks, args.source, args.out, args.pdf, args.check)
         if args.command == "fit":
             return run_fit_command(args.folder, args.out, args.budget, args.backbone, args.larger, args.seed,
-                                   args.crop, args.full_ft, args.device)
+                                   args.crop, args.full_ft, args.device, args.rescore_test)
         return run_env()
     except ImportError as err:
         print(f"error: this command needs a module that is not available: {err}", file=sys.stderr)

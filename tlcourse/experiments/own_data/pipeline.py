@@ -228,7 +228,7 @@ def _drop_near_copies(data: UserData, views: Views, parts: dict[str, list[int]])
 
 def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: float = DEFAULT_BUDGET,
                backbone: str = DEFAULT_BACKBONE, larger: Sequence[str] = LARGER, seed: int = 0, crop: int | None = None,
-               full_ft: str = "auto", export: bool = True, progress: bool = True,
+               full_ft: str = "auto", export: bool = True, progress: bool = True, rescore_test: bool = False,
                echo: Callable[[str], Any] | None = print, device: str | torch.device | None = None) -> FitReport:
     """Fit a classifier to ``folder`` and write ``out/report.json``, ``out/report.html`` and the model files.
 
@@ -241,6 +241,8 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
         crop: the input size (default: the weights' own); smaller is faster and less accurate.
         full_ft: ``"auto"`` (when the estimated time fits the budget), ``"always"`` or ``"never"``.
         export: write and check ``model.pt`` / ``model.onnx`` (``False`` saves the export's time).
+        rescore_test: allow a new choice to score a test set an earlier call already scored (a
+            second look, said in the report); without it that raises ``TestAlreadyScored``.
         echo: called with each decision line (``None``: silent).
         device: where the backbone passes and the fine-tunes run (``None``/``"auto"``: the GPU when
             there is one, else the CPU; see :func:`tlcourse.runtime.select_device`).
@@ -314,7 +316,7 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
                                          progress=progress, device=device)])
     return finish(data=data, parts=parts, candidates=run.candidates, skipped=run.skipped, rec=rec,
                   similarity=similarity, near=near, out=out, pre_of=lambda b: _preprocessing(b, crop), log=log,
-                  budget=budget, export_model=export, run_key=key)
+                  budget=budget, export_model=export, run_key=key, rescore_test=rescore_test)
 
 
 class _Runner:

@@ -46,7 +46,7 @@ from tlcourse.paths import shown
 from tlcourse.plots import confusion_matrix, denormalize, image_grid
 from tlcourse.strategies import STRATEGY_LABELS
 
-__all__ = ["MAX_CI_WIDTH", "MIN_TEST", "FitReport", "finish", "needed_test_images", "small_test_set_warning"]
+__all__ = ["MAX_CI_WIDTH", "MIN_TEST", "FitReport", "TestAlreadyScored", "finish", "needed_test_images", "small_test_set_warning"]
 
 #: Below this many test images an accuracy says little, whatever its interval.
 MIN_TEST = 30
@@ -234,6 +234,21 @@ def _previous_export(out: Path, run_key: str, chosen: str) -> dict[str, Any] | N
     return {k: v for k, v in exported.items() if k != "cached_vs_end_to_end_max_diff"}
 
 
+class TestAlreadyScored(RuntimeError):
+    """This folder's test set was scored for another choice: scoring it again is a second look."""
+
+
+def _second_look(out: Path, run_key: str, chosen: str) -> dict[str, Any] | None:
+    """The earlier report of this folder (same run key) when it chose another candidate, else None."""
+    try:
+        last = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not run_key or last.get("extra", {}).get("run_key") != run_key or last.get("chosen") in (None, chosen):
+        return None
+    return last
+
+
 def _per_class(classes: Sequence[str], y: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
     return {c: (float((pred[y == k] == k).mean()) if (y == k).any() else None) for k, c in enumerate(classes)}
 
@@ -241,18 +256,33 @@ def _per_class(classes: Sequence[str], y: np.ndarray, pred: np.ndarray) -> dict[
 def finish(*, data: UserData, parts: dict[str, list[int]], candidates: list[Candidate], skipped: list[dict[str, Any]],
            rec: Recommendation, similarity: float, near: list[dict[str, Any]], out: Path,
            pre_of: Callable[[str], Preprocessing], log: Any, budget: float, export_model: bool = True,
-           run_key: str = "") -> FitReport:
-    """Choose, test once, export, write ``report.json`` and ``report.html``; returns the report."""
+           run_key: str = "", rescore_test: bool = False) -> FitReport:
+    """Choose, test once, export, write ``report.json`` and ``report.html``; returns the report.
+
+    A new choice on a folder whose test set an earlier call already scored (a bigger budget ran more
+    candidates, say) is a second look at the test set: it raises :class:`TestAlreadyScored` unless
+    ``rescore_test``, and then the report says so.
+    """
     y = np.array([label for _, label in data.samples])
     y_val, y_test = y[parts["val"]], y[parts["test"]]
     chosen = _choose(candidates, y_val)
     log(f"chosen on validation: {chosen.name}, {describe('validation', accuracy_ci(chosen.val_correct(y_val)))}")
+    earlier = _second_look(out, run_key, chosen.name)
+    if earlier is not None and not rescore_test:
+        raise TestAlreadyScored(
+            f"This folder's test set was already scored, for an earlier choice ({earlier['chosen']}: "
+            f"{earlier['test_accuracy']:.1%}); this call chose {chosen.name}. Scoring the same test images again "
+            "for a new choice is a second look: the new number is no longer an unbiased estimate. Keep the earlier "
+            "report, test the new choice on images fit has never seen, or run again with --rescore-test "
+            "(rescore_test=True) and the report will say the test set was scored twice.")
+    second_look = (f"the test set was scored a second time, for a new choice (earlier: {earlier['chosen']}, "
+                   f"{earlier['test_accuracy']:.1%}); read this test accuracy as optimistic") if earlier else None
     same = [c for c in candidates if c.strategy == rec.strategy]
     prior = _choose(same, y_val) if same else None
     correct = chosen.test_proba.argmax(1).numpy() == y_test
     acc = accuracy_ci(correct)
     log(f"test set, once: {describe(chosen.name, acc)}")
-    warnings = [w for w in [small_test_set_warning(acc, data, len({n["test"] for n in near}))] if w]
+    warnings = [w for w in [small_test_set_warning(acc, data, len({n["test"] for n in near})), second_look] if w]
     for warning in warnings:
         log(f"warning: {warning}")
     versus = _versus_prior(chosen, prior, y_test, rec.strategy)
