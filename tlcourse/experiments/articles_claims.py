@@ -20,7 +20,7 @@ from tlcourse._io import read_json
 from tlcourse.experiments import results_file
 from tlcourse.experiments.reference_runs import unbits
 
-__all__ = ["COLUMNS", "claims_csv", "claims_table", "code_flaws_002", "committed_claims", "markdown"]
+__all__ = ["COLUMNS", "claims_csv", "claims_table", "code_flaws_002", "committed_claims", "lesson_table", "markdown"]
 
 #: The columns of a claims row, in table order.
 COLUMNS = ("article", "lesson", "did", "claimed", "course_ran", "measured", "verdict")
@@ -348,3 +348,10 @@ def committed_claims(lesson: str | None = None) -> list[dict[str, str]]:
     only ``lesson``'s rows if given: ``markdown(committed_claims("05"))`` in a notebook cell."""
     rows = claims_table(read_json(results_file("articles_reference.json")))
     return [r for r in rows if lesson is None or r["lesson"] == lesson]
+
+
+def lesson_table(lesson: str) -> Any:
+    """Lesson ``lesson``'s rows of the committed claims table, displayed as markdown in a notebook."""
+    from IPython.display import Markdown
+
+    return Markdown(markdown(committed_claims(lesson)))
