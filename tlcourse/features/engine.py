@@ -269,9 +269,6 @@ class OnnxFeatures:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
-        # no memory arena: with one, the session kept what a pass allocated and a process's memory
-        # grew with the folder (about 0.5 MB per image, measured by fit on CIFAR folders)
-        options.enable_cpu_mem_arena = False
         return options
 
     def _load(self, ort: Any, path: Path) -> Any | None:
