@@ -43,6 +43,9 @@ from torch.utils.data import Dataset
 
 from tlcourse import evaluation, models
 from tlcourse._io import atomic_write_text, read_json, read_or_explain
+from tlcourse.data import datasets
+from tlcourse.experiments import matrix_reference as mr
+from tlcourse.experiments import results_file
 from tlcourse.strategies import (
     QUADRANTS,
     STRATEGIES,
@@ -114,8 +117,6 @@ def course_datasets() -> dict[str, Dataset]:
     checked on (:data:`tlcourse.experiments.advisor.CALIBRATION_SETS` and ``CHECK_SETS``): two photo sets (:data:`PHOTOS`)
     and three scan sets. Brain MRI's empty placeholder files are skipped quietly (notebook 01
     reports them)."""
-    from tlcourse.data import datasets
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {"alien-vs-predator": datasets.course_dataset("alien-vs-predator", "train"),
@@ -282,8 +283,6 @@ def measure(domains: Mapping[str, dict[str, Any]], scale: Any, backbone_lr: Mapp
     in the reference run's format (:func:`save_results`)."""
     from tqdm.auto import tqdm
 
-    from tlcourse.experiments import matrix_reference as mr
-
     for d in domains.values():
         mr.add_activations(d, scale, device=device)
     last = list(next(iter(domains.values()))["pooled"])[-1]
@@ -355,8 +354,6 @@ def load_results(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     naming the file and what to do.
     """
     if path is None:
-        from tlcourse.experiments import results_file
-
         path = results_file("04_decision_matrix_reference.json")
     return read_or_explain(
         Path(path), read_json, what="decision-matrix results file",
