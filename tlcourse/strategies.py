@@ -47,7 +47,7 @@ TRAINED = ("partial_ft", "full_ft", "scratch")
 
 @dataclass(frozen=True)
 class Advice:
-    """The textbook's advice for one quadrant (after cs231n's transfer-learning notes).
+    """The textbook's advice for one quadrant (the four-quadrant matrix of source articles 000 and 001).
 
     Attributes:
         strategies: the strategies it recommends, its first choice first.
