@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,15 @@ def test_the_two_learning_rate_findings_give_the_same_advice():
         heads_rate = rate.effect > 0
         assert ("head's rate" in found["lr.backbone"].do) == heads_rate
         assert ("head's rate" in rate.do) == heads_rate
+
+
+@pytest.mark.reference_data
+def test_the_normalisation_finding_is_notebook_01s_committed_result():
+    import nbformat
+
+    f = findings.all_findings()["normalisation.efficientnet_lite0"]
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "01_data_loading.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") + "".join(o.get("data", {}).get("text/plain", ""))
+                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"{f.effect:.1f} points" in printed and f"{f.low:.1f} to {f.high:.1f}" in printed, \
+        "the committed evidence file and notebook 01's committed outputs must be the same run"

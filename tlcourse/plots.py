@@ -245,7 +245,8 @@ def _interval_axes(rows: Sequence[Mapping[str, Any]], title: str, xlabel: str, z
     """One row per entry, a dot at ``value`` and a line from ``low`` to ``high`` (in points)."""
     if not rows:
         raise ValueError("Nothing to draw: pass at least one row with value, low and high.")
-    fig = Figure(figsize=(6.4, 0.9 + 0.42 * len(rows)), layout="constrained")
+    longest = max(len(str(r["label"])) for r in rows)  # room for the labels, so the axes keep their width
+    fig = Figure(figsize=(max(6.4, 3.6 + 0.075 * longest), 0.9 + 0.42 * len(rows)), layout="constrained")
     ax = fig.add_subplot()
     for i, r in enumerate(reversed(list(rows))):
         value, low, high = (100 * float(r[k]) for k in ("value", "low", "high"))

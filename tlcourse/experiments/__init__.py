@@ -25,7 +25,7 @@ from pathlib import Path
 __all__ = ["RESULTS", "results_file"]
 
 #: The committed result files of the reference runs, by name.
-RESULTS = ("02_finetune_reference.json", "02_finetune_reference.csv", "04_decision_matrix_reference.json",
+RESULTS = ("01_normalisation.json", "02_finetune_reference.json", "02_finetune_reference.csv", "04_decision_matrix_reference.json",
            "04_decision_matrix_reference.csv", "bf16_parity.json", "articles_reference.json", "articles_reference.csv")
 
 

@@ -27,11 +27,11 @@ from tlcourse.experiments import decision_matrix, finetune_reference, results_fi
 from tlcourse.strategies import STRATEGY_LABELS, TEXTBOOK, quadrant_title
 
 __all__ = ["ARTICLES", "EVIDENCE", "Finding", "all_findings", "bf16_findings", "budget_findings", "evidence_path",
-           "finetune_findings", "lr_findings", "matrix_findings", "quote", "shift_findings", "sources_findings"]
+           "finetune_findings", "normalisation_findings", "lr_findings", "matrix_findings", "quote", "shift_findings", "sources_findings"]
 
 #: The committed runs the findings come from.
 EVIDENCE = {"matrix": "04_decision_matrix_reference.json", "bf16": "bf16_parity.json",
-            "finetune": "02_finetune_reference.json"}
+            "finetune": "02_finetune_reference.json", "normalisation": "01_normalisation.json"}
 #: Chance accuracy of the decision matrix's tasks: two classes, balanced test sets.
 CHANCE = decision_matrix.CHANCE
 #: Where the course's two matrix articles (/work/shared/seeds 000 and 001) disagree: their first
@@ -361,14 +361,37 @@ def finetune_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
     return out
 
 
+def normalisation_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
+    """The wrong ``Normalize`` against the weights' own statistics (``normalisation.<backbone>``), from
+    notebook 01's cross-fitted linear probe: every unique Alien vs Predator photo scored once by a probe
+    that never saw it, the two pipelines compared paired (exact McNemar, Newcombe interval)."""
+    m = doc["metrics"]
+    k = m["normalisation_counts"]  # both / right_only / wrong_only / neither: the paired 2x2 table
+    right = [True] * (k["both"] + k["right_only"]) + [False] * (k["wrong_only"] + k["neither"])
+    wrong = [True] * k["both"] + [False] * k["right_only"] + [True] * k["wrong_only"] + [False] * k["neither"]
+    c = evaluation.paired_comparison(right, wrong)
+    ok, backbone, n = evaluation.measurable(c), m["backbone"], len(right)
+    do = (f"Take mean and std from the weights you load: for {backbone} the wrong statistics cost a linear probe "
+          f"{100 * c.diff:.1f} points (95% CI {100 * c.low:.1f} to {100 * c.high:.1f})." if ok and c.diff > 0 else
+          f"Take mean and std from the weights you load: for {backbone} notebook 01 measured no cost of the wrong "
+          f"statistics at its size (95% CI {100 * c.low:.1f} to {100 * c.high:.1f} points), which is not the same "
+          "as no cost.")
+    return [Finding(f"normalisation.{backbone}", f"What does the wrong Normalize (mean/std) cost {backbone}?",
+                    f"{source}: Alien vs Predator, {n} photos cross-fitted, linear probe",
+                    round(100 * c.diff, 1), round(100 * c.low, 1), round(100 * c.high, 1), ok,
+                    evaluation.verdict("the weights' own statistics", "the wrong statistics", c), do)]
+
+
 def all_findings(paths: Mapping[str, str | os.PathLike[str]] | None = None) -> dict[str, Finding]:
     """Every finding, by id, from the committed runs (``paths`` overrides :func:`evidence_path`)."""
     where = {k: Path((paths or {}).get(k, evidence_path(k))) for k in EVIDENCE}
     matrix, bf16, finetune = _read(where["matrix"]), _read(where["bf16"]), _read(where["finetune"])
+    normalisation = _read(where["normalisation"])
     src = "decision-matrix reference run"
     found = [*matrix_findings(matrix, src), *sources_findings(matrix, src), *shift_findings(matrix, src),
              *budget_findings(matrix, src), *lr_findings(matrix, src), *bf16_findings(bf16, "bf16 parity run"),
-             *finetune_findings(finetune, "fine-tuning reference run")]
+             *finetune_findings(finetune, "fine-tuning reference run"),
+             *normalisation_findings(normalisation, "notebook 01's default run")]
     return {f.id: f for f in found}
 
 
