@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -45,23 +46,35 @@ def jupyter_lab(folder: Path, runtime: Path, *, cwd: Path | None = None, extra_f
     server exits early or does not answer within ``timeout`` seconds.
     """
     runtime.mkdir(parents=True, exist_ok=True)
-    port, token = free_port(), secrets.token_hex(16)
-    flags = ["--no-browser", f"--port={port}", f"--ServerApp.token={token}", "--ServerApp.port_retries=0",
-             *extra_flags]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        flags.append("--allow-root")  # CI and containers run as root
-    log_path = runtime / "lab.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("jupyter")), "lab", "--ip=127.0.0.1", *flags, str(folder)],
-        cwd=cwd or folder, env={**os.environ, **(env or {}), "JUPYTER_RUNTIME_DIR": str(runtime)},
-        stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
+    token, log_path = secrets.token_hex(16), runtime / "lab.log"
+
+    def start() -> tuple[subprocess.Popen[str], int, Any]:
+        port = free_port()  # free when probed; another process may take it first: then start() runs again
+        flags = ["--no-browser", f"--port={port}", f"--ServerApp.token={token}", "--ServerApp.port_retries=0",
+                 *extra_flags]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            flags.append("--allow-root")  # CI and containers run as root
+        log = log_path.open("w")
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("jupyter")), "lab", "--ip=127.0.0.1", *flags, str(folder)],
+            cwd=cwd or folder, env={**os.environ, **(env or {}), "JUPYTER_RUNTIME_DIR": str(runtime)},
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+        return proc, port, log
+
+    proc, port, log = start()
+    port_tries = 3
     lab = Lab(f"http://127.0.0.1:{port}", token)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
+                port_tries -= 1
+                if port_tries > 0 and "is not available" in log_path.read_text():  # the port was taken meanwhile
+                    log.close()
+                    proc, port, log = start()
+                    lab = Lab(f"http://127.0.0.1:{port}", token)
+                    continue
                 raise AssertionError(f"jupyter lab exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
             try:
                 request = urllib.request.Request(f"{lab.base}/api/status",
