@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import STAGES, StagedNet, staged_net
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlcourse import models
 from tlcourse.data import TensorImages, load_images
 from tlcourse.finetune import (
     GradualUnfreezing,
@@ -23,39 +23,16 @@ from tlcourse.finetune import (
     drift_by_stage,
     trainable_stages,
 )
-from tlcourse.models import BackboneSpec, freeze_backbone, param_groups, unfreeze
+from tlcourse.models import freeze_backbone, param_groups, unfreeze
 from tlcourse.train import fit, set_train_mode, train_one_epoch
 
 NUM_CLASSES = 3
-STAGES = ["stem", "block1", "block2"]
-
-
-class StagedNet(nn.Module):
-    """stem -> block1 -> block2 -> fc, each conv stage with its own BatchNorm."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.block1 = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.block2 = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, NUM_CLASSES)
-        self.tlcourse_backbone = "staged"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.block2(self.block1(self.stem(x)))).flatten(1))
 
 
 @pytest.fixture
 def staged(monkeypatch: pytest.MonkeyPatch) -> StagedNet:
     """A fresh StagedNet, registered in tlcourse.models.BACKBONES for the test."""
-    spec = BackboneSpec(
-        name="staged", family="test", arch="staged", head="fc",
-        stages=tuple((s, (s,)) for s in STAGES), feature_dim=8, description="test network",
-    )
-    monkeypatch.setitem(models.BACKBONES, "staged", spec)
-    torch.manual_seed(0)
-    return StagedNet()
+    return staged_net(monkeypatch, NUM_CLASSES)
 
 
 def colour_loader(n: int = 24, seed: int = 0, batch_size: int = 8) -> DataLoader:
@@ -171,14 +148,14 @@ def test_schedule_survives_a_resumed_fit(staged, tmp_path):
     assert trainable_stages(staged) == ["block2"]
 
     torch.manual_seed(0)
-    resumed = StagedNet()
+    resumed = StagedNet(NUM_CLASSES)
     freeze_backbone(resumed)  # as a learner re-running the notebook would
     history = run(resumed, 4)
     assert [e["epoch"] for e in history.epochs] == [1, 2, 3, 4]
     assert trainable_stages(resumed) == ["block1", "block2"]
 
     torch.manual_seed(0)
-    straight = StagedNet()
+    straight = StagedNet(NUM_CLASSES)
     freeze_backbone(straight)
     fit(straight, loader, loader, epochs=4, lr=0.05, progress=False, device="cpu",
         on_epoch_end=GradualUnfreezing({2: ["block2"], 3: ["block1"]}))

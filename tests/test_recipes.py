@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_models import STAGES, StagedNet, staged_net
 from torch import nn
 
 from tlcourse import recipes
@@ -140,34 +141,11 @@ def test_a_probe_that_sees_no_signal_is_flagged_when_it_predicts_one_class():
 
 # ---------------------------------------------------------------- the named strategies (recipes.fine_tuning)
 
-STAGES = ["stem", "block1", "block2"]
-
-
-class StagedNet(nn.Module):
-    """stem -> block1 -> block2 -> fc, registered as the backbone "staged" (as in test_finetune)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.block1 = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.block2 = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, 2)
-        self.tlcourse_backbone = "staged"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.block2(self.block1(self.stem(x)))).flatten(1))
-
 
 @pytest.fixture
 def staged(monkeypatch: pytest.MonkeyPatch) -> StagedNet:
-    from tlcourse import models
-
-    spec = models.BackboneSpec(name="staged", family="test", arch="staged", head="fc",
-                               stages=tuple((s, (s,)) for s in STAGES), feature_dim=8, description="test network")
-    monkeypatch.setitem(models.BACKBONES, "staged", spec)
-    torch.manual_seed(0)
-    return StagedNet()
+    """A fresh two-class StagedNet, registered as the backbone "staged" for the test (as in test_finetune)."""
+    return staged_net(monkeypatch)
 
 
 def images(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
