@@ -45,7 +45,7 @@ test: export OMP_NUM_THREADS := 1
 test: export MKL_NUM_THREADS := 1
 test: export OPENBLAS_NUM_THREADS := 1
 test: $(STAMP)
-	@echo "[test] $$(date -u +%H:%M:%S) start: $$(nproc) CPUs, load $$(cut -d' ' -f1-3 /proc/loadavg)"
+	@echo "[test] $$(date -u +%H:%M:%S) start: $$(OMP_NUM_THREADS= nproc) CPUs, load $$(cut -d' ' -f1-3 /proc/loadavg)"
 	$(BIN)/ruff check tlcourse tests benchmarks scripts notebooks
 	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout=$(TEST_TIMEOUT) \
 		--durations=15 tests

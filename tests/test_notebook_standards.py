@@ -1,6 +1,6 @@
 """The standards every lesson keeps (issue 24): a parameters cell that shows the values in effect, a
-main line a learner can read in one sitting, and an exercise whose code the learner writes and the
-course checks. (How many package names each lesson uses: ``course.tlcourse_names``.)"""
+main line a learner can read in one sitting, few package names to hold in mind, and an exercise
+whose code the learner writes and the course checks."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlcourse.courseware.course import notebooks
+from tlcourse.courseware.course import notebooks, tlcourse_names
 
 NOTEBOOKS = notebooks()
 #: The most words of markdown before the Summary (appendix, exercises and solutions not counted).
 MAX_MAIN_LINE_WORDS = 2500
+#: The most ``tlcourse`` names (functions, classes, constants) one lesson's code uses.
+MAX_NAMES = 25
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -67,3 +69,22 @@ def test_an_exercise_has_the_learner_write_code_that_is_checked(path: Path) -> N
     nb = nbformat.read(path, as_version=4)
     checked = [c for c in nb.cells if c.cell_type == "code" and "exercises.check(" in c.source]
     assert checked, f"{path.name}: no exercise cell calls exercises.check on the learner's code"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_a_lesson_uses_few_package_names(path: Path) -> None:
+    """Each name imported from ``tlcourse``, or read from one of its modules, is one more thing a
+    learner holds in mind to read the lesson; plain PyTorch does where the helper adds nothing."""
+    names = tlcourse_names(path)
+    assert len(names) <= MAX_NAMES, f"{path.name} uses {len(names)} tlcourse names (at most {MAX_NAMES}): {sorted(names)}"
+
+
+def test_names_are_counted_from_imports_and_module_attributes(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from tlcourse import evaluation, plots\nfrom tlcourse.tables import table\n"
+        "import tlcourse.models as m\nevaluation.accuracy_ci(1, 2)\nplots.forest([])\nm.build_backbone('x')\n"
+        "evaluation.accuracy_ci(3, 4)\n%matplotlib inline")])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert tlcourse_names(path) == {"tlcourse.evaluation.accuracy_ci", "tlcourse.plots.forest",
+                                    "tlcourse.tables.table", "tlcourse.models.build_backbone"}
