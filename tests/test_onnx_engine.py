@@ -123,6 +123,20 @@ def test_stage_features_equal_eager_and_the_export_is_cached(tiny: TinyNet, buil
     torch.testing.assert_close(again, got)
 
 
+def test_every_engine_session_has_the_threads_and_spinning_it_was_asked_for(tiny: TinyNet, build: Path) -> None:
+    """One place sets the session options: the engine's own sessions, and sessions on a file or its bytes."""
+    tiny.eval()
+    onnx = engine_mod.OnnxFeatures(tiny, ["pooled"], lambda t: {"pooled": tiny.pool(tiny.blocks(tiny.stem(t)))},
+                                   threads=2, spin=False, root=build)
+    exported = onnx.session(images(n=2).tensors[0])
+    (path,) = onnx.exported
+    sessions = [exported, engine_mod.cpu_session(path), engine_mod.cpu_session(path.read_bytes(), threads=2, spin=False)]
+    for session, threads, spin in zip(sessions, (2, 1, 2), ("0", "1", "0"), strict=True):
+        options = session.get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spin
+
+
 def test_key_follows_weights_layers_and_input_size(tiny: TinyNet) -> None:
     base = engine_mod.onnx_path(tiny, ["pooled"], (3, 20, 20))
     assert engine_mod.onnx_path(tiny, ["pooled"], (3, 20, 20)) == base

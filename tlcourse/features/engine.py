@@ -37,8 +37,9 @@ from tlcourse.paths import build_dir
 from tlcourse.runtime import DeviceSettings, select_device
 
 __all__ = ["CPU_DECODE_AHEAD", "CPU_ENGINE", "CPU_ENGINE_BATCH", "CPU_INFERENCE_WORKERS", "ENGINES", "ENGINE_FORMAT",
-           "PRECISIONS", "WORKER_MIN_BATCHES", "EngineSettings", "EngineUnavailable", "OnnxFeatures", "engine_key",
-           "engine_settings", "export_features", "int8_path", "onnx_path", "quantize_int8", "release_sessions"]
+           "PRECISIONS", "WORKER_MIN_BATCHES", "EngineSettings", "EngineUnavailable", "OnnxFeatures", "cpu_session",
+           "engine_key", "engine_settings", "export_features", "int8_path", "onnx_path", "quantize_int8",
+           "release_sessions"]
 
 #: The engines a frozen backbone's forward pass can run on.
 ENGINES = ("eager", "onnxruntime")
@@ -233,6 +234,24 @@ def _import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def cpu_session(source: str | os.PathLike[str] | bytes, *, threads: int = 1, spin: bool = True,
+                quiet: bool = False) -> Any:
+    """An ONNX Runtime session on the CPU for the graph ``source`` (a file, or its bytes), with the
+    course's options: ``threads`` intra-op threads and one inter-op thread, every graph optimisation,
+    idle threads spinning only if ``spin`` (off when a decoding thread or worker needs the core), and
+    with ``quiet`` only errors logged. :class:`EngineUnavailable` when onnxruntime is not installed."""
+    ort = _import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if quiet:
+        options.log_severity_level = 3  # the optimiser lists every unused constant as a warning
+    model = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxFeatures:
     """``x -> {layer: features}`` computed by ONNX Runtime: one exported graph per input size.
 
@@ -263,15 +282,7 @@ class OnnxFeatures:
         self.sessions: dict[tuple[int, ...], Any] = {}
         self.exported: list[Path] = []  # the files exported (not loaded from the cache) by this object
 
-    def _options(self, ort: Any) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
-        return options
-
-    def _load(self, ort: Any, path: Path) -> Any | None:
+    def _load(self, path: Path) -> Any | None:
         """A session on ``path``, or None when the file is missing or ONNX Runtime cannot read it."""
         try:
             key = (str(path), path.stat().st_mtime_ns, self.threads, self.spin)
@@ -280,7 +291,7 @@ class OnnxFeatures:
         if key in _SESSIONS:
             return _SESSIONS[key]
         try:
-            session = ort.InferenceSession(str(path), self._options(ort), providers=["CPUExecutionProvider"])
+            session = cpu_session(path, threads=self.threads, spin=self.spin)
         except Exception:  # noqa: BLE001 - a damaged or foreign file: export it again
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -290,14 +301,23 @@ class OnnxFeatures:
             del _SESSIONS[next(iter(_SESSIONS))]
         return session
 
+    def _made(self, path: Path, what: str) -> Any:
+        """The session on a file this object has just written (kept in ``exported``); ``what`` names it
+        in the error when ONNX Runtime cannot load it."""
+        session = self._load(path)
+        if session is None:
+            raise EngineUnavailable(f"ONNX Runtime could not load {what}")
+        self.exported.append(path)
+        return session
+
     def session(self, x: torch.Tensor) -> Any:
         """The session for inputs shaped like ``x``: loaded from ``build/onnx`` or exported now."""
         shape = tuple(int(d) for d in x.shape[1:])
         if shape in self.sessions:
             return self.sessions[shape]
-        ort = _import_onnxruntime()
+        _import_onnxruntime()  # before exporting: without it there is nothing to export for
         path = onnx_path(self.model, self.names, shape, self.root)
-        session = self._load(ort, path)
+        session = self._load(path)
         if session is None:
             example = x.detach().float().contiguous()
             try:
@@ -306,20 +326,17 @@ class OnnxFeatures:
                     export_features(self.model, self.forward, self.names, example, path)
             except Exception as err:  # noqa: BLE001 - any exporter failure means "run eagerly"
                 raise EngineUnavailable(f"the ONNX export failed ({type(err).__name__}: {str(err)[:160]})") from err
-            session = self._load(ort, path)
-            if session is None:
-                raise EngineUnavailable("ONNX Runtime could not load the exported graph")
-            self.exported.append(path)
+            session = self._made(path, "the exported graph")
             self._check(session, example, path)
         if self.precision == "int8":
-            session = self._int8_session(ort, path, shape)
+            session = self._int8_session(path, shape)
         self.sessions[shape] = session
         return session
 
-    def _int8_session(self, ort: Any, path: Path, shape: tuple[int, ...]) -> Any:
+    def _int8_session(self, path: Path, shape: tuple[int, ...]) -> Any:
         """The session of the int8 graph beside ``path``: loaded, or quantized now from ``calibration``."""
         quantized = int8_path(path)
-        session = self._load(ort, quantized)
+        session = self._load(quantized)
         if session is not None:
             return session
         if self.calibration is None:
@@ -332,11 +349,7 @@ class OnnxFeatures:
             quantize_int8(path, self.calibration, quantized)
         except Exception as err:  # noqa: BLE001 - a quantizer failure means "run in float32"
             raise EngineUnavailable(f"int8 quantization failed ({type(err).__name__}: {str(err)[:160]})") from err
-        session = self._load(ort, quantized)
-        if session is None:
-            raise EngineUnavailable("ONNX Runtime could not load the int8 graph")
-        self.exported.append(quantized)
-        return session
+        return self._made(quantized, "the int8 graph")
 
     def _check(self, session: Any, example: torch.Tensor, path: Path) -> None:
         """Compare the new export with the eager pass on ``example``; a mismatch is not kept."""
@@ -408,18 +421,13 @@ def quantize_int8(source: str | os.PathLike[str], calibration: torch.Tensor | np
 
     if activations not in ("uint8", "int8"):
         raise ValueError(f"activations must be 'uint8' or 'int8', got {activations!r}")
-    ort = _import_onnxruntime()
     source = Path(source)
     out = Path(out) if out is not None else int8_path(source)
     images = calibration.detach().float().cpu().numpy() if isinstance(calibration, torch.Tensor) else calibration
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"calibration must be a non-empty batch of images (N, C, H, W), got shape {images.shape}")
-    quiet = ort.SessionOptions()
-    quiet.log_severity_level = 3  # the optimiser lists every unused constant as a warning
-    probe = ort.InferenceSession(str(source), quiet, providers=["CPUExecutionProvider"])
-    name = probe.get_inputs()[0].name
-    del probe
+    name = cpu_session(source, quiet=True).get_inputs()[0].name
     with atomic_path(out) as tmp:
         prepared = tmp.with_name(tmp.name + ".pre.onnx")
         try:
