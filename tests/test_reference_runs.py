@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tlcourse.experiments import reference_runs as rr
 
@@ -51,3 +52,36 @@ def test_deadline_and_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cmd == "TLCOURSE_MIRROR=<mirror> python scripts/x.py --out 'a b.json'" and "someone" not in cmd
     hw = rr.hardware(1, "cpu")
     assert hw["device"] == "cpu" and hw["packages"]["torch"] and hw["torch_threads"] == 1
+
+
+def test_every_reference_run_takes_the_shared_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """reference_arguments gives each run --out/--progress/--smoke and the optional --threads/--device/--deadline;
+    progress_path and open_runner find the progress file beside the build folder; run_meta opens the meta."""
+    from tlcourse.experiments import articles_reference, bf16_parity, decision_matrix_reference, finetune_reference
+
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path))
+    dm = decision_matrix_reference.parse_args([])
+    assert (dm.out, dm.progress, dm.smoke, dm.threads, dm.device, dm.deadline) == (
+        rr.RESULTS / "04_decision_matrix_reference.json", None, False, 1, "auto", None)
+    assert rr.progress_path(dm, "decision_matrix_reference") == (
+        tmp_path / "decision_matrix_reference" / "04_decision_matrix_reference.jsonl")
+    ft = finetune_reference.parse_args(["--smoke", "--seeds", "7", "--device", "cpu", "--deadline", "23:58",
+                                        "--out", str(tmp_path / "ft.json"), "--threads", "2"])
+    assert (ft.smoke, ft.seeds, ft.device, ft.deadline, ft.threads) == (True, 7, "cpu", "23:58", 2)
+    threads = torch.get_num_threads()
+    try:
+        runner = rr.open_runner(ft, "finetune_reference")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert runner.progress == tmp_path / "finetune_reference" / "ft.jsonl" and runner.deadline is not None
+    art = articles_reference.parse_args(["--progress", str(tmp_path / "p.jsonl"), "--set", "n_000=3"])
+    assert art.set == ["n_000=3"] and not hasattr(art, "device") and art.out == rr.RESULTS / "articles_reference.json"
+    assert rr.progress_path(art, "articles_reference") == tmp_path / "p.jsonl"
+    bf = bf16_parity.parse_args([])
+    assert bf.seeds == 3 and not hasattr(bf, "threads") and not hasattr(bf, "deadline")
+    with pytest.raises(SystemExit):
+        bf16_parity.parse_args(["--deadline", "23:58"])
+    meta = rr.run_meta("scripts/x.py", ["--smoke"], 2, "cpu", runner, 12.4)
+    assert list(meta) == ["command", "written", "hardware", "wall_seconds_this_session", "run_seconds_total"]
+    assert meta["command"].endswith("python scripts/x.py --smoke") and meta["wall_seconds_this_session"] == 12

@@ -19,7 +19,6 @@ backbone is frozen, in eval mode and fed without augmentation (none of 002/000/0
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import statistics
@@ -28,7 +27,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,8 +45,8 @@ from tlcourse.experiments.matrix_reference import (
     to_inputs,
     two_classes,
 )
-from tlcourse.experiments.reference_runs import Runner, bits, command_line, deadline_at, hardware, log, timed
-from tlcourse.paths import build_dir, shown
+from tlcourse.experiments.reference_runs import Runner, bits, log, open_runner, reference_arguments, run_meta, timed
+from tlcourse.paths import shown
 from tlcourse.recipes import TensorBatches, linear_probe, probabilities
 from tlcourse.runtime import seed_everything
 from tlcourse.train import fit, set_bn_policy
@@ -101,17 +99,14 @@ SMOKE = ArticleScale(seeds=1, cheap_seeds=1, avp_crop=64, avp_per_class=3, n_000
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line: output, progress file, smoke scale, subset overrides, threads, deadline."""
     p = argparse.ArgumentParser(description="The seed articles' recipes and claims, measured.")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "articles_reference.json")
-    p.add_argument("--progress", type=Path, default=None,
-                   help="append-only progress file (default: build/articles_reference/<out stem>.jsonl)")
-    p.add_argument("--smoke", action="store_true", help="the same code path on a tiny subset (seconds)")
+    reference_arguments(p, "articles_reference", "articles_reference.json",
+                        smoke="the same code path on a tiny subset (seconds)",
+                        threads="torch CPU threads (1: on a shared, oversubscribed CPU, 2 threads made a linear head "
+                                "30x slower)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
                    help="override one integer field of the scale, e.g. --set n_000=20")
     p.add_argument("--claims-only", action="store_true",
                    help="recompute the claims table (JSON + CSV) of an existing --out file; runs nothing")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: on a shared, oversubscribed CPU, 2 threads made a linear head 30x slower)")
-    p.add_argument("--deadline", default=None, help="UTC HH:MM; runs that would end after it are skipped")
     return p.parse_args(argv)
 
 
@@ -381,9 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in args.set:
         name, _, value = item.partition("=")
         scale = replace(scale, **{name: int(value)})
-    torch.set_num_threads(args.threads)
-    progress = args.progress or build_dir() / "articles_reference" / f"{args.out.stem}.jsonl"
-    runner = Runner(progress, deadline_at(args.deadline), describe=_describe)
+    runner = open_runner(args, "articles_reference", _describe)
+    progress = runner.progress
     t0 = time.time()
     log(f"scale: {asdict(scale)}; {len(runner.done)} runs already in {shown(progress)}")
     cache: dict[str, Any] = {}
@@ -456,9 +450,7 @@ def write_reference(args: argparse.Namespace, argv: Sequence[str], scale: Articl
     missing = [list(s) for s in plan(scale) if tuple(s) not in done]
     meta = dict(
         kind="articles_reference", complete=complete and not missing, missing=missing, skipped=runner.skipped,
-        command=command_line("scripts/articles_reference.py", argv),
-        written=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", hardware=hardware(args.threads, "cpu"),
-        wall_seconds_this_session=round(seconds), run_seconds_total=round(sum(r["seconds"] for r in runner.rows)),
+        **run_meta("scripts/articles_reference.py", argv, args.threads, "cpu", runner, seconds),
         backbone=BACKBONE, layer_map=LAYER_MAP, cut_004=CUT_004, classes_003=list(CLASSES_003),
         scale=asdict(scale), smoke=args.smoke,
         median_seconds={k: statistics.median(v) for k, v in runner.durations.items()})

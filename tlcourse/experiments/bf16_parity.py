@@ -29,7 +29,6 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,8 +36,15 @@ from torch.utils.data import DataLoader
 
 from tlcourse import data, evaluation, models, runtime
 from tlcourse._io import atomic_write_text
-from tlcourse.experiments.reference_runs import append_row, bits, command_line, read_rows, unbits
-from tlcourse.paths import build_dir
+from tlcourse.experiments.reference_runs import (
+    append_row,
+    bits,
+    command_line,
+    progress_path,
+    read_rows,
+    reference_arguments,
+    unbits,
+)
 from tlcourse.train import fit
 
 __all__ = ["PRECISIONS", "RUNS", "main", "run_one", "summarise"]
@@ -49,13 +55,10 @@ RUNS = {"resnet18": (False, 5), "efficientnet_lite0": (True, 2)}
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bf16_parity.json")
-    p.add_argument("--progress", type=Path, default=None,
-                   help="append-only progress file (default: build/bf16_parity/<out stem>.jsonl)")
+    reference_arguments(p, "bf16_parity", "bf16_parity.json", threads=None, deadline=False)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--backbones", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--smoke", action="store_true", help="the same code path at a tiny scale (seconds)")
     return p.parse_args(argv)
 
 
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     epochs = {b: (1 if args.smoke else RUNS[b][1]) for b in args.backbones}
     if args.smoke:
         args.seeds, args.size = 1, 64
-    progress = args.progress or build_dir() / "bf16_parity" / f"{args.out.stem}.jsonl"
+    progress = progress_path(args, "bf16_parity")
     rows = read_rows(progress)
     done = {tuple(r["key"]) for r in rows}
     torch.set_num_threads(os.cpu_count() or 1)

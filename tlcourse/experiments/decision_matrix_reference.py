@@ -11,16 +11,13 @@ result (JSON + CSV) is written after every subset.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import time
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tlcourse import models, strategies
 from tlcourse.experiments import decision_matrix
@@ -36,8 +33,8 @@ from tlcourse.experiments.matrix_reference import (
     run_trained,
     scale_dict,
 )
-from tlcourse.experiments.reference_runs import Runner, command_line, deadline_at, hardware, log, timed
-from tlcourse.paths import build_dir, shown
+from tlcourse.experiments.reference_runs import Runner, log, open_runner, reference_arguments, run_meta, timed
+from tlcourse.paths import shown
 
 __all__ = ["main", "parse_args", "plan", "write_reference"]
 
@@ -45,15 +42,8 @@ __all__ = ["main", "parse_args", "plan", "write_reference"]
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The reference run's command line: output, progress file, scale, threads, device, deadline."""
     p = argparse.ArgumentParser(description="The reference run of notebook 04's decision matrix, at the textbook's scale.")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "04_decision_matrix_reference.json")
-    p.add_argument("--progress", type=Path, default=None,
-                   help="append-only progress file (default: build/decision_matrix_reference/<out stem>.jsonl)")
-    p.add_argument("--smoke", action="store_true", help="the same code path at a tiny scale (seconds)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: best on a shared 2-core CPU)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where every run trains and extracts (auto: the GPU when there is one)")
-    p.add_argument("--deadline", default=None,
-                   help="UTC time HH:MM; runs whose measured duration would end after it are skipped and listed")
+    reference_arguments(p, "decision_matrix_reference", "04_decision_matrix_reference.json",
+                        device="where every run trains and extracts (auto: the GPU when there is one)")
     return p.parse_args(argv)
 
 
@@ -79,11 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     scale = SMOKE_SCALE if args.smoke else REFERENCE_SCALE
-    torch.set_num_threads(args.threads)
-    progress = args.progress or build_dir() / "decision_matrix_reference" / f"{args.out.stem}.jsonl"
-    runner = Runner(progress, deadline_at(args.deadline), describe=_describe)
+    runner = open_runner(args, "decision_matrix_reference", _describe)
     t0 = time.time()
-    log(f"scale: {scale_dict(scale)}; {len(runner.done)} runs already in {shown(progress)}")
+    log(f"scale: {scale_dict(scale)}; {len(runner.done)} runs already in {shown(runner.progress)}")
     domains = {}
     for name in ("similar", "dissimilar"):
         d, sec = timed(lambda n=name: load_domain(n, scale))
@@ -139,9 +127,7 @@ def write_reference(args: argparse.Namespace, argv: Sequence[str], scale: Scale,
                                 "seconds")} for r in runner.rows if r.get("kind") == "lr_sweep"]
     meta = dict(
         kind="decision_matrix_reference", complete=complete and not runner.skipped,
-        command=command_line("scripts/decision_matrix_reference.py", argv),
-        written=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", hardware=hardware(args.threads, args.device),
-        wall_seconds_this_session=round(seconds), run_seconds_total=round(sum(r["seconds"] for r in runner.rows)),
+        **run_meta("scripts/decision_matrix_reference.py", argv, args.threads, args.device, runner, seconds),
         backbone=scale.backbone, size=scale.size, small=scale.small, large=scale.large,
         seeds={"small": scale.seeds("small"), "large": scale.seeds("large")}, scale=scale_dict(scale),
         backbone_lr=chosen_lr, lr_sweep=sweep, cut_stage=cut_stage(scale), last_stage=last,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import io
 import json
 import sys
@@ -27,19 +26,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from statsmodels.stats.power import TTestIndPower, TTestPower  # type: ignore[import-untyped]
 
 from tlcourse import data, models, recipes, strategies
 from tlcourse._io import atomic_write_text
 from tlcourse.evaluation import measurable, paired_comparison, seeds_comparison, verdict
 from tlcourse.experiments.matrix_reference import stage_activations, to_inputs
-from tlcourse.experiments.reference_runs import Runner, bits, command_line, deadline_at, hardware, log, timed, unbits
-from tlcourse.paths import build_dir, shown
+from tlcourse.experiments.reference_runs import (
+    Runner,
+    bits,
+    log,
+    open_runner,
+    reference_arguments,
+    run_meta,
+    timed,
+    unbits,
+)
+from tlcourse.paths import shown
 from tlcourse.runtime import seed_everything
 
 __all__ = ["ARMS", "COMPARISONS", "Design", "REFERENCE", "SMOKE", "comparisons", "design_mde", "forest_figure",
@@ -253,15 +259,11 @@ def forest_figure(doc: Mapping[str, Any]) -> Any:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Output, progress file, smoke, threads, device, deadline."""
     p = argparse.ArgumentParser(description="The reference run of notebook 02's fine-tuning comparisons.")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "02_finetune_reference.json")
-    p.add_argument("--progress", type=Path, default=None,
-                   help="append-only progress file (default: build/finetune_reference/<out stem>.jsonl)")
-    p.add_argument("--smoke", action="store_true", help="the same code path at a tiny scale (seconds)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest on a loaded 2-core CPU)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    reference_arguments(p, "finetune_reference", "02_finetune_reference.json",
+                        threads="torch CPU threads (1: fastest on a loaded 2-core CPU)",
+                        device="where every run trains and extracts (auto: the GPU when there is one)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds to run (default: the design's; a larger number resumes a finished run with more)")
-    p.add_argument("--deadline", default=None, help="UTC HH:MM: runs that would end after it are skipped and listed")
     return p.parse_args(argv)
 
 
@@ -271,13 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     design = SMOKE if args.smoke else REFERENCE
     design = replace(design, seeds=args.seeds) if args.seeds else design
-    torch.set_num_threads(args.threads)
-    progress = args.progress or build_dir() / "finetune_reference" / f"{args.out.stem}.jsonl"
-    runner = Runner(progress, deadline_at(args.deadline), describe=lambda r: (
+    runner = open_runner(args, "finetune_reference", lambda r: (
         f"test {r['accuracy']:.3f}, {r['epochs_used']} epochs (best {r['best_epoch']}), plateau {r['stopped_on_plateau']}"
         f", {r['seconds_per_epoch']:.1f} s/epoch"))
     t0 = time.time()
-    log(f"design: {asdict(design)}; MDE {design_mde(design)}; {len(runner.done)} runs already in {shown(progress)}")
+    log(f"design: {asdict(design)}; MDE {design_mde(design)}; {len(runner.done)} runs already in {shown(runner.progress)}")
     d, sec = timed(lambda: load_data(design, args.device))
     log(f"{d['n_train']} training, {d['n_val']} validation, {d['n_test']} test images; decoded and cached in {sec:.0f} s")
     for seed in range(design.seeds):
@@ -304,9 +304,7 @@ def write(args: argparse.Namespace, argv: Sequence[str], design: Design, runner:
                   key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))
     meta = dict(
         kind="finetune_reference", complete=complete and not runner.skipped and len(rows) == design.seeds * len(ARMS),
-        smoke=args.smoke, command=command_line("scripts/finetune_reference.py", argv),
-        written=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", hardware=hardware(args.threads, args.device),
-        wall_seconds_this_session=round(seconds), run_seconds_total=round(sum(r["seconds"] for r in runner.rows)),
+        smoke=args.smoke, **run_meta("scripts/finetune_reference.py", argv, args.threads, args.device, runner, seconds),
         design=asdict(design), design_mde=design_mde(design), skipped=runner.skipped,
         runs_hit_cap=sum(r["hit_cap"] for r in rows), runs_collapsed=sum(r["collapsed"] for r in rows),
         quadrant=("small_similar: CIFAR-10 with ImageNet weights is the decision matrix's similar domain, and "

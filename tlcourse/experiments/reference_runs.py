@@ -6,6 +6,8 @@ or more, so it must survive an interruption. Each finished unit of work (one see
 strategy, say) becomes one JSON line in a progress file (:func:`append_row`); a restarted run
 reads that file and redoes only what is missing (:class:`Runner`). Per-image test results are kept
 as hex bit strings (:func:`bits`), so two strategies can be compared image by image afterwards.
+Every reference run's command line starts from :func:`reference_arguments`, finds its progress
+file and runner with :func:`open_runner` and opens its ``meta`` with :func:`run_meta`.
 
 Used by :mod:`~tlcourse.experiments.matrix_reference` (notebook 04), :mod:`~tlcourse.experiments.bf16_parity`
 and the other reference runs under ``scripts/``.
@@ -13,6 +15,7 @@ and the other reference runs under ``scripts/``.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.metadata
 import json
@@ -26,13 +29,16 @@ from typing import Any
 
 import torch
 
+from tlcourse.paths import build_dir
 from tlcourse.runtime import select_device
 
-__all__ = ["PACKAGES", "Runner", "append_row", "bits", "command_line", "deadline_at", "hardware", "log",
-           "read_rows", "timed", "unbits"]
+__all__ = ["PACKAGES", "RESULTS", "Runner", "append_row", "bits", "command_line", "deadline_at", "hardware", "log",
+           "open_runner", "progress_path", "read_rows", "reference_arguments", "run_meta", "timed", "unbits"]
 
 #: The packages whose versions a result file records.
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "scipy", "statsmodels")
+#: Where the committed results of the reference runs live.
+RESULTS = Path(__file__).parent / "results"
 
 
 def bits(correct: torch.Tensor | Sequence[bool]) -> str:
@@ -114,6 +120,50 @@ def command_line(script: str, argv: Sequence[str]) -> str:
     """The command that reproduces a run, with the mirror as a placeholder instead of this machine's path."""
     mirror = "TLCOURSE_MIRROR=<mirror> " if os.environ.get("TLCOURSE_MIRROR") else ""
     return mirror + "python " + shlex.join([script, *argv])
+
+
+def reference_arguments(parser: argparse.ArgumentParser, name: str, result: str, *,
+                        smoke: str = "the same code path at a tiny scale (seconds)",
+                        threads: str | None = "torch CPU threads (1: best on a shared 2-core CPU)",
+                        device: str | None = None, deadline: bool = True) -> argparse.ArgumentParser:
+    """Add the options every reference run shares to ``parser`` and return it: ``--out`` (default
+    ``RESULTS / result``), ``--progress`` (default :func:`progress_path`'s, under ``build/<name>/``) and
+    ``--smoke`` (help ``smoke``); ``--threads`` (help ``threads``; ``None``: no such option), ``--device``
+    (auto/cpu/cuda/mps, help ``device``; ``None``: no such option) and ``--deadline`` unless ``deadline=False``."""
+    parser.add_argument("--out", type=Path, default=RESULTS / result)
+    parser.add_argument("--progress", type=Path, default=None,
+                        help=f"append-only progress file (default: build/{name}/<out stem>.jsonl)")
+    parser.add_argument("--smoke", action="store_true", help=smoke)
+    if threads is not None:
+        parser.add_argument("--threads", type=int, default=1, help=threads)
+    if device is not None:
+        parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help=device)
+    if deadline:
+        parser.add_argument("--deadline", default=None,
+                            help="UTC time HH:MM; runs whose measured duration would end after it are skipped and listed")
+    return parser
+
+
+def progress_path(args: argparse.Namespace, name: str) -> Path:
+    """``--progress``, or by default ``build/<name>/<stem of --out>.jsonl`` (one progress file per result file)."""
+    return args.progress or build_dir() / name / f"{args.out.stem}.jsonl"
+
+
+def open_runner(args: argparse.Namespace, name: str,
+                describe: Callable[[dict[str, Any]], str] | None = None) -> Runner:
+    """Start a reference run from its parsed :func:`reference_arguments`: torch's CPU threads set to
+    ``--threads``, and the :class:`Runner` of its progress file (:func:`progress_path`) with ``--deadline``."""
+    torch.set_num_threads(args.threads)
+    return Runner(progress_path(args, name), deadline_at(args.deadline), describe=describe)
+
+
+def run_meta(script: str, argv: Sequence[str], threads: int, device: str | torch.device, runner: Runner,
+             seconds: float) -> dict[str, Any]:
+    """The ``meta`` fields every reference run's result carries, in this order: the command that reproduces
+    it, when it was written, the hardware, this session's wall-clock seconds and all runs' seconds."""
+    return dict(command=command_line(script, argv), written=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                hardware=hardware(threads, device), wall_seconds_this_session=round(seconds),
+                run_seconds_total=round(sum(r["seconds"] for r in runner.rows)))
 
 
 def hardware(threads: int, device: str | torch.device = "cpu") -> dict[str, Any]:
