@@ -8,11 +8,11 @@ answer the README quotes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from reference_smoke import needs_mirror
 
 from tlcourse import runtime
 from tlcourse.experiments import bf16_parity as script
@@ -34,9 +34,7 @@ def test_each_run_asks_for_its_precision_explicitly_whatever_the_cpu(monkeypatch
 
 def test_smoke_run_scores_both_precisions_on_the_same_images_and_resumes(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    mirror = os.environ.get("TLCOURSE_MIRROR")
-    if not mirror or not (Path(mirror) / "alien-vs-predator.zip").is_file():
-        pytest.skip("set TLCOURSE_MIRROR to the course mirror (CI: ../shared/datasets)")
+    needs_mirror("alien-vs-predator.zip")
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
     out, progress = tmp_path / "parity.json", tmp_path / "rows.jsonl"
     doc = script.main(["--smoke", "--out", str(out), "--progress", str(progress)])

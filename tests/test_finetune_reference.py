@@ -5,10 +5,9 @@ comparisons and figure read from a result file."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pytest
+from reference_smoke import smoke_twice
 
 from tlcourse.experiments import finetune_reference as ftr
 
@@ -28,21 +27,13 @@ def test_each_comparison_changes_one_arm_setting():
 
 
 def test_smoke_run_writes_the_format_resumes_and_compares(tmp_path: Path):
-    mirror = os.environ.get("TLCOURSE_MIRROR")
-    if not mirror or not (Path(mirror) / "cifar10-jpg.zip").is_file():
-        pytest.skip("set TLCOURSE_MIRROR to the course mirror (CI: /work/shared/datasets)")
-    out, progress = tmp_path / "r.json", tmp_path / "p.jsonl"
-    assert ftr.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
-    doc = json.loads(out.read_text())
+    doc, out, _, _ = smoke_twice(ftr.main, tmp_path)
     meta = doc["meta"]
     assert meta["complete"] and meta["smoke"] and "--smoke" in meta["command"]
     assert meta["train_val_overlap"] == 0 and meta["design_mde"]["n_test"] == meta["n_test"]
     assert {"hardware", "written", "wall_seconds_this_session", "runs_hit_cap"} <= set(meta)
     assert len(doc["rows"]) == ftr.SMOKE.seeds * len(ftr.ARMS)
     assert out.with_suffix(".csv").read_text().splitlines()[0].startswith("arm,seed,accuracy")
-    lines = progress.read_text().count("\n")
-    assert ftr.main(["--smoke", "--out", str(out), "--progress", str(progress)]) == 0
-    assert progress.read_text().count("\n") == lines, "a restart must skip the finished runs"
     found = ftr.comparisons(doc)
     assert [c["key"] for c in found] == [c["key"] for c in ftr.COMPARISONS]
     for c in found:
