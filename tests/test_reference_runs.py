@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +87,12 @@ def test_every_reference_run_takes_the_shared_options(tmp_path: Path, monkeypatc
     meta = rr.run_meta("scripts/x.py", ["--smoke"], 2, "cpu", runner, 12.4)
     assert list(meta) == ["command", "written", "hardware", "wall_seconds_this_session", "run_seconds_total"]
     assert meta["command"].endswith("python scripts/x.py --smoke") and meta["wall_seconds_this_session"] == 12
+
+
+def test_a_result_is_its_json_and_a_csv_beside_it(tmp_path: Path) -> None:
+    rows = [{"arm": "a", "seed": 0, "accuracy": 0.5, "key": [0]}, {"arm": "b", "seed": 1, "accuracy": 0.75}]
+    assert rr.csv_text(rows, ["arm", "accuracy"]).splitlines() == ["arm,accuracy", "a,0.5", "b,0.75"]
+    path = tmp_path / "deep" / "r.json"
+    table = rr.write_result(path, {"meta": {"n": np.float32(2)}, "rows": rows}, "x\n1\n")
+    assert table == tmp_path / "deep" / "r.csv" and table.read_text() == "x\n1\n"
+    assert json.loads(path.read_text()) == {"meta": {"n": 2.0}, "rows": rows}

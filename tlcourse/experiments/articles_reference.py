@@ -34,7 +34,6 @@ from torch import nn
 from torchvision import transforms
 
 from tlcourse import data, features, models
-from tlcourse._io import atomic_write_text
 from tlcourse.experiments import decision_matrix, results_file
 from tlcourse.experiments.articles_claims import claims_csv, claims_table, code_flaws_002
 from tlcourse.experiments.matrix_reference import (
@@ -45,7 +44,16 @@ from tlcourse.experiments.matrix_reference import (
     to_inputs,
     two_classes,
 )
-from tlcourse.experiments.reference_runs import Runner, bits, log, open_runner, reference_arguments, run_meta, timed
+from tlcourse.experiments.reference_runs import (
+    Runner,
+    bits,
+    log,
+    open_runner,
+    reference_arguments,
+    run_meta,
+    timed,
+    write_result,
+)
 from tlcourse.paths import shown
 from tlcourse.recipes import TensorBatches, linear_probe, probabilities
 from tlcourse.runtime import seed_everything
@@ -369,8 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.claims_only:
         doc = json.loads(args.out.read_text())
         doc["claims"] = claims_table(doc)
-        atomic_write_text(args.out, json.dumps(doc, indent=1, default=float))
-        atomic_write_text(args.out.with_suffix(".csv"), claims_csv(doc["claims"]))
+        write_result(args.out, doc, claims_csv(doc["claims"]))
         return 0
     scale = SMOKE if args.smoke else REFERENCE
     for item in args.set:
@@ -457,9 +464,7 @@ def write_reference(args: argparse.Namespace, argv: Sequence[str], scale: Articl
     runs = [{k: v for k, v in r.items() if k != "kind_key"} for r in runner.rows]
     doc = {"meta": meta, "runs": runs, "reference_04": reference_04(), "code_flaws_002": list(code_flaws_002)}
     doc["claims"] = claims_table(doc)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(doc, indent=1, default=float))
-    atomic_write_text(args.out.with_suffix(".csv"), claims_csv(doc["claims"]))
+    write_result(args.out, doc, claims_csv(doc["claims"]))
     return doc
 
 

@@ -18,9 +18,6 @@ verdict, :func:`forest_figure` draws them. The work runs seed-major, so any pref
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,18 +29,19 @@ import numpy as np
 from statsmodels.stats.power import TTestIndPower, TTestPower  # type: ignore[import-untyped]
 
 from tlcourse import data, models, recipes, strategies
-from tlcourse._io import atomic_write_text
 from tlcourse.evaluation import measurable, paired_comparison, seeds_comparison, verdict
 from tlcourse.experiments.matrix_reference import stage_activations, to_inputs
 from tlcourse.experiments.reference_runs import (
     Runner,
     bits,
+    csv_text,
     log,
     open_runner,
     reference_arguments,
     run_meta,
     timed,
     unbits,
+    write_result,
 )
 from tlcourse.paths import shown
 from tlcourse.runtime import seed_everything
@@ -323,11 +321,5 @@ def write(args: argparse.Namespace, argv: Sequence[str], design: Design, runner:
                      "average 10-13), EfficientNet-Lite0 forward 132 img/s at 64 px vs 43 img/s at 96 px, "
                      "head_conv training 1436 vs 1081 img/s; 96 px would not fit ~40 min for 5 seeds x 6 arms"))
     doc = dict(meta=meta, rows=rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(doc, indent=1, default=float))
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(args.out.with_suffix(".csv"), table.getvalue())
+    write_result(args.out, doc, csv_text(rows, CSV_FIELDS))
     return doc

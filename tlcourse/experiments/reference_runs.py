@@ -16,8 +16,10 @@ and the other reference runs under ``scripts/``.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -29,11 +31,13 @@ from typing import Any
 
 import torch
 
+from tlcourse._io import atomic_write_text
 from tlcourse.paths import build_dir
 from tlcourse.runtime import select_device
 
-__all__ = ["PACKAGES", "RESULTS", "Runner", "append_row", "bits", "command_line", "deadline_at", "hardware", "log",
-           "open_runner", "progress_path", "read_rows", "reference_arguments", "run_meta", "timed", "unbits"]
+__all__ = ["PACKAGES", "RESULTS", "Runner", "append_row", "bits", "command_line", "csv_text", "deadline_at",
+           "hardware", "log", "open_runner", "progress_path", "read_rows", "reference_arguments", "run_meta", "timed",
+           "unbits", "write_result"]
 
 #: The packages whose versions a result file records.
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "scipy", "statsmodels")
@@ -89,6 +93,23 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
+    """``rows`` as CSV text: a header of ``fields``, then one line a row (keys not in ``fields`` left out)."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return table.getvalue()
+
+
+def write_result(path: Path, doc: Mapping[str, Any], table: str) -> Path:
+    """A reference run's result: ``doc`` as JSON at ``path`` and ``table`` (CSV text) beside it as ``.csv``,
+    each replaced atomically, so a reader never sees half a file; returns the CSV's path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1, default=float))
+    return atomic_write_text(path.with_suffix(".csv"), table)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
