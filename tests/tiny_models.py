@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from tlcourse import models
+
 
 class WithClasses(Dataset):
     """Random 8x8 images with labels 0 and 1, and a ``.classes`` saying there are two."""
@@ -60,8 +62,6 @@ class StagedNet(nn.Module):
 def staged_net(monkeypatch: pytest.MonkeyPatch, num_classes: int = 2) -> StagedNet:
     """Register "staged" in tlcourse.models.BACKBONES for one test (``monkeypatch`` undoes it) and return a
     fresh StagedNet built after ``torch.manual_seed(0)``, so every test starts from the same weights."""
-    from tlcourse import models
-
     spec = models.BackboneSpec(name="staged", family="test", arch="staged", head="fc",
                                stages=tuple((s, (s,)) for s in STAGES), feature_dim=8, description="test network")
     monkeypatch.setitem(models.BACKBONES, "staged", spec)
