@@ -140,16 +140,9 @@ class TreeWalk:
             except OSError:  # dangling, or links pointing at each other
                 self.bad.append(BadFile(path, "broken link (what it points to does not exist)"))
                 return
-            if real in self._own_place or _contains(self.real_root, real):
-                self.bad.append(BadFile(path, f"link to {self._shown(real)}, a file of this image "
-                                              "folder: it counts where it is, not twice"))
-                return
-        first = self._counted.get(real)
-        if first is not None:
-            self.bad.append(BadFile(path, f"same file as {self._relative(first)} (one file is one "
-                                          "sample)"))
+        if not self._first_time(path, real, is_link, self._counted, "file",
+                                "it counts where it is, not twice", " (one file is one sample)"):
             return
-        self._counted[real] = path
         problem = image_problem(path)
         if problem is None:
             self.samples.append((str(path), label))
@@ -171,17 +164,27 @@ class TreeWalk:
                 self.bad.append(BadFile(path, f"link to {self._shown(real)}, which contains it: "
                                               "a cycle (not followed)"))
                 return
-            if real in self._own_place or _contains(self.real_root, real):
-                self.bad.append(BadFile(path, f"link to {self._shown(real)}, a folder of this image "
-                                              "folder: it is scanned where it is (not followed)"))
-                return
-        first = self._entered.get(real)
+        if self._first_time(path, real, is_link, self._entered, "folder",
+                            "it is scanned where it is (not followed)", ", already scanned (not followed)"):
+            self._walk(path, real, label, (*stack, real))
+
+    def _first_time(self, path: Path, real: str, is_link: bool, seen: dict[str, Path], kind: str,
+                    where_it_counts: str, already: str) -> bool:
+        """Whether ``path`` (a ``kind``, "file" or "folder", resolved to ``real``) is the first way
+        to it: then it is recorded in ``seen`` (real -> path) and True comes back. False, with the
+        reason in ``bad``, for a link to something of this image folder (``where_it_counts`` says
+        where it counts instead) or for a second way to what ``seen`` holds (``already`` follows).
+        """
+        if is_link and (real in self._own_place or _contains(self.real_root, real)):
+            self.bad.append(BadFile(path, f"link to {self._shown(real)}, a {kind} of this image folder: "
+                                          f"{where_it_counts}"))
+            return False
+        first = seen.get(real)
         if first is not None:
-            self.bad.append(BadFile(path, f"same folder as {self._relative(first)}, already scanned "
-                                          "(not followed)"))
-            return
-        self._entered[real] = path
-        self._walk(path, real, label, (*stack, real))
+            self.bad.append(BadFile(path, f"same {kind} as {self._relative(first)}{already}"))
+            return False
+        seen[real] = path
+        return True
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
