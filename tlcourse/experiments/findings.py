@@ -86,6 +86,17 @@ def _measurable(c: evaluation.SeedComparison) -> bool:
     return min(c.n_a, c.n_b) >= 3 and evaluation.measurable(c)
 
 
+def _choose(a: str, b: str, c: evaluation.SeedComparison, won: Mapping[str, str], tied: str) -> tuple[str, str]:
+    """Which of strategies ``a`` and ``b`` (``c`` compares a minus b) to start with, and the sentence
+    that says so: the one the run measured ahead, with ``won[winner]``; within noise the cheaper
+    (:data:`COST_ORDER`), with ``tied`` followed by " start with the cheaper, <its label>."."""
+    if _measurable(c):
+        choice = a if c.diff > 0 else b
+        return choice, won[choice]
+    choice = min((a, b), key=COST_ORDER.index)
+    return choice, f"{tied} start with the cheaper, {_label(choice)}."
+
+
 def _compare(a: Sequence[float], b: Sequence[float]) -> evaluation.SeedComparison:
     with warnings.catch_warnings():  # identical values over seeds: the interval is still right
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -109,17 +120,10 @@ def matrix_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
                     key=lambda s: table[s]["mean"])
         c = _compare(table[ours]["values"], table[rival]["values"])
         where = f"For {quadrant_title(quadrant)} data ({first.get('n_per_class')} images/class)"
-        if _measurable(c) and c.diff > 0:
-            choice = ours
-            do = f"{where}, use {_label(ours)}, the textbook's choice: it beat {_label(rival)} by {100 * c.diff:.1f} points."
-        elif _measurable(c):
-            choice = rival
-            do = (f"{where}, prefer {_label(rival)}: it beat the textbook's {_label(ours)} by "
-                  f"{-100 * c.diff:.1f} points.")
-        else:
-            choice = min((ours, rival), key=COST_ORDER.index)
-            do = (f"{where}, {_label(ours)} and {_label(rival)} are within noise of each other; start with the "
-                  f"cheaper, {_label(choice)}.")
+        choice, do = _choose(ours, rival, c, {
+            ours: f"{where}, use {_label(ours)}, the textbook's choice: it beat {_label(rival)} by {100 * c.diff:.1f} points.",
+            rival: f"{where}, prefer {_label(rival)}: it beat the textbook's {_label(ours)} by {-100 * c.diff:.1f} points."},
+            f"{where}, {_label(ours)} and {_label(rival)} are within noise of each other;")
         out.append(Finding(f"matrix.{quadrant}", f"In the {quadrant_title(quadrant)} quadrant, is the textbook's "
                            f"{_label(ours)} at least as good as the best other strategy ({_label(rival)})?",
                            scale, *_points(c), _measurable(c), evaluation.verdict(ours, rival, c), do, choice,
@@ -166,14 +170,10 @@ def sources_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
         first = next(r for r in doc["rows"] if r["quadrant"] == quadrant)
         where = f"For {quadrant_title(quadrant)} data ({first.get('n_per_class')} images/class)"
         said = f"article 000 says {_label(a)}, article 001 says {_label(b)}"
-        if _measurable(c):
-            choice = a if c.diff > 0 else b
-            do = (f"{where}, {said}; the reference run settles it for {_label(choice)} "
-                  f"(ahead by {abs(100 * c.diff):.1f} points).")
-        else:
-            choice = min((a, b), key=COST_ORDER.index)
-            do = (f"{where}, {said}; the reference run cannot tell them apart, so both are right as far as it "
-                  f"can see: start with the cheaper, {_label(choice)}.")
+        choice, do = _choose(a, b, c, {s: f"{where}, {said}; the reference run settles it for {_label(s)} "
+                                          f"(ahead by {abs(100 * c.diff):.1f} points)." for s in (a, b)},
+                             f"{where}, {said}; the reference run cannot tell them apart, so both are right as far "
+                             "as it can see:")
         out.append(Finding(f"sources.{quadrant}", f"In the {quadrant_title(quadrant)} quadrant, is article 000's "
                            f"{_label(a)} or article 001's {_label(b)} the better choice?",
                            f"{source}: {first.get('dataset')}, {first.get('n_per_class')} images/class, "
