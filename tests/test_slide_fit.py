@@ -10,7 +10,6 @@ to PDF and check one page per slide, with pages that are not blank.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from headless_chromium import Chromium, find_chromium
+from headless_chromium import Chromium, open_chromium
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from tlcourse.courseware import slide_layout, slides
@@ -114,13 +113,8 @@ def test_the_deck_plan_counts_the_sub_slides_that_crowded_cells_need():
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Chromium]:
-    binary = find_chromium()
-    if binary is None and os.environ.get("CI"):
-        pytest.fail("CI needs headless Chromium for the slides: .ci/run installs the Debian package `chromium`")
-    if binary is None:
-        pytest.skip("headless Chromium is not installed: `sudo apt-get install chromium` (Debian/Ubuntu)")
-    with Chromium(binary, width=slides.VIEWPORT[0], height=slides.VIEWPORT[1], timeout=60) as browser:
-        yield browser
+    """One headless Chromium at the decks' viewport for every browser test in this module."""
+    yield from open_chromium("the slides", width=slides.VIEWPORT[0], height=slides.VIEWPORT[1], timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from headless_chromium import Chromium, find_chromium
+from headless_chromium import Chromium, open_chromium
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from tlcourse.courseware import slides
@@ -167,14 +166,8 @@ def test_build_slides_renders_the_selected_notebooks(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Chromium]:
-    binary = find_chromium()
-    if binary is None and os.environ.get("CI"):
-        pytest.fail("CI needs headless Chromium for the slides: .ci/run installs the Debian package `chromium`")
-    if binary is None:
-        pytest.skip("headless Chromium is not installed: `sudo apt-get install chromium` "
-                    "(Debian/Ubuntu; the package is `chromium`) to run the browser test of the slides")
-    with Chromium(binary) as browser:
-        yield browser
+    """One headless Chromium for every browser test in this module."""
+    yield from open_chromium("the slides")
 
 
 @pytest.fixture(scope="module")
