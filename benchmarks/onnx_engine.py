@@ -2,11 +2,12 @@
 
     python -m benchmarks.onnx_engine [--size 224] [--batch 16] [--rounds 3]
 
-ONNX Runtime is not a course dependency; this measures whether it would be worth becoming one.
-Install it into a separate folder so the course's environment stays as it is, for example
-``pip install --target /tmp/ort onnxruntime`` and then ``TLCOURSE_EXTRA_PATH=/tmp/ort``: that folder
-is appended to ``sys.path`` (after the course's packages, so its own copy of numpy never shadows
-the course's). Without onnxruntime it reports that and exits cleanly.
+ONNX Runtime is the course's CPU engine (:mod:`tlcourse.features.engine`); the session here is the
+engine's :func:`~tlcourse.features.engine.cpu_session` with as many threads as torch uses, so the
+numbers are those of the engine's session options. ``TLCOURSE_EXTRA_PATH`` names a folder appended to
+``sys.path`` (after the course's packages, so its own copy of numpy never shadows the course's), for
+an environment without onnxruntime, e.g. ``pip install --target /tmp/ort onnxruntime``. Without
+onnxruntime it reports that and exits cleanly.
 
 The default backbone without its head (the pooled features) is exported once with
 ``torch.onnx.export`` and run on the same random batch as the course's own forward pass
@@ -29,6 +30,7 @@ import torch
 from benchmarks.common import Section, machine, md_table, write_section
 from benchmarks.extraction import headless
 from tlcourse import models
+from tlcourse.features import engine
 
 
 def _import_onnxruntime() -> Any | None:
@@ -64,9 +66,8 @@ def run(size: int = 224, batch: int = 16, rounds: int = 3) -> Section:
     torch.onnx.export(body, (x,), onnx_file, dynamo=False, input_names=["x"], output_names=["features"],
                       dynamic_axes={"x": {0: "n"}, "features": {0: "n"}}, opset_version=17)
     export_s = time.perf_counter() - start
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(onnx_file.getvalue(), options, providers=["CPUExecutionProvider"])
+    # The engine's own session options, so this times what `tlcourse.features.engine` runs.
+    session = engine.cpu_session(onnx_file.getvalue(), threads=torch.get_num_threads())
 
     body = body.to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)

@@ -208,6 +208,26 @@ def test_onnx_engine_reports_a_skip_without_onnxruntime(monkeypatch):
     assert "Skipped" in section.markdown
 
 
+def test_onnx_engine_times_the_session_the_engine_runs(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's ONNX Runtime session is the engine's cpu_session, with torch's thread count."""
+    from benchmarks import onnx_engine
+
+    made = []
+    real = engine_mod.cpu_session
+
+    def spy(source, **options):
+        made.append((options, real(source, **options)))
+        return made[-1][1]
+
+    monkeypatch.setattr(engine_mod, "cpu_session", spy)
+    monkeypatch.setattr(models, "build_backbone", lambda name: tiny)
+    section = onnx_engine.run(size=32, batch=2, rounds=1)
+    assert [options for options, _ in made] == [{"threads": torch.get_num_threads()}]
+    options = made[0][1].get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (torch.get_num_threads(), 1)
+    assert section.data["max_abs_difference"] < 1e-4 and section.data["rows"][0]["onnxruntime_img_per_s"] > 0
+
+
 def test_onnx_engine_extra_path_goes_after_the_course_packages(monkeypatch, tmp_path):
     from benchmarks import onnx_engine
 
