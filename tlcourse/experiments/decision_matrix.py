@@ -24,9 +24,6 @@ anything.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import textwrap
@@ -42,10 +39,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tlcourse import evaluation, models
-from tlcourse._io import atomic_write_text, read_json, read_or_explain
+from tlcourse._io import read_json, read_or_explain
 from tlcourse.data import datasets
 from tlcourse.experiments import matrix_reference as mr
 from tlcourse.experiments import results_file
+from tlcourse.experiments.reference_runs import csv_text, write_result
 from tlcourse.strategies import (
     QUADRANTS,
     STRATEGIES,
@@ -333,17 +331,12 @@ def save_results(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
                  extra: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``path`` (JSON: ``{"meta", "rows"}`` plus the keys of ``extra``) and the rows as CSV next to it.
 
-    Both files are replaced atomically. Returns ``(json_path, csv_path)``.
+    Both files are replaced atomically (:func:`~tlcourse.experiments.reference_runs.write_result`, which makes
+    the folder if it is missing). Returns ``(json_path, csv_path)``.
     """
     path = Path(path)
     doc = {"meta": dict(meta or {}), "rows": [dict(r) for r in rows], **dict(extra or {})}
-    atomic_write_text(path, json.dumps(doc, indent=1, default=float))
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=_CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    csv_path = atomic_write_text(path.with_suffix(".csv"), table.getvalue())
-    return path, csv_path
+    return path, write_result(path, doc, csv_text(rows, _CSV_FIELDS))
 
 
 def load_results(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
