@@ -8,8 +8,6 @@ measured (with 95% intervals) and the verdict, one row per recipe or claim, name
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,7 +16,7 @@ from typing import Any
 from tlcourse import evaluation
 from tlcourse._io import read_json
 from tlcourse.experiments import results_file
-from tlcourse.experiments.reference_runs import unbits
+from tlcourse.experiments.reference_runs import csv_text, unbits
 
 __all__ = ["COLUMNS", "claims_csv", "claims_table", "code_flaws_002", "committed_claims", "lesson_table", "markdown"]
 
@@ -327,11 +325,7 @@ def claims_table(doc: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def claims_csv(rows: Sequence[Mapping[str, str]]) -> str:
     """The claims table as CSV text (header: :data:`COLUMNS`)."""
-    out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+    return csv_text(rows, COLUMNS)
 
 
 def markdown(rows: Sequence[Mapping[str, str]], lesson: str | None = None) -> str:
