@@ -56,12 +56,17 @@ def test_scratch_runs_at_chance_are_counted_never_scored(found, matrix_doc):
     assert f.effect is None and not f.measurable and "chance" in f.verdict and "50%" in f.do
 
 
-def test_the_advisor_follows_the_findings(found):
+@pytest.fixture(scope="module")
+def advice() -> dict[str, advisor.Recommendation]:
+    """The advisor's recommendation, from the committed evidence, at one point inside each quadrant."""
     evidence = advisor.reference_evidence()
     points = {"small_similar": (40, 0.9), "large_similar": (1000, 0.9), "small_dissimilar": (40, 0.2),
               "large_dissimilar": (1000, 0.2)}
-    for q, (n, s) in points.items():
-        rec = advisor.recommend(n, s, evidence=evidence)
+    return {q: advisor.recommend(n, s, evidence=evidence) for q, (n, s) in points.items()}
+
+
+def test_the_advisor_follows_the_findings(found, advice):
+    for q, rec in advice.items():
         assert rec.strategy == found[f"matrix.{q}"].choice, q
         text = str(rec)
         assert f"finding matrix.{q}" in text
@@ -163,12 +168,8 @@ def test_the_matrix_figure_shows_every_strategy_a_tie_leaves_standing():
             assert "000:" in advisor._articles_line(q) and "001:" in advisor._articles_line(q)
 
 
-def test_the_advisor_never_recommends_against_a_finding(found):
-    evidence = advisor.reference_evidence()
-    points = {"small_similar": (40, 0.9), "large_similar": (1000, 0.9), "small_dissimilar": (40, 0.2),
-              "large_dissimilar": (1000, 0.2)}
-    for q, (n, s) in points.items():
-        rec = advisor.recommend(n, s, evidence=evidence)
+def test_the_advisor_never_recommends_against_a_finding(found, advice):
+    for q, rec in advice.items():
         for f in found.values():
             if f.id.endswith(q) and f.measurable and len(f.compared) == 2 and f.effect is not None:
                 loser = f.compared[1] if f.effect > 0 else f.compared[0]
