@@ -33,7 +33,7 @@ from torch import fx, nn
 
 from tlcourse.models import backbone_spec
 
-__all__ = ["StageSplit", "split_at", "split_below_top"]
+__all__ = ["StageSplit", "split_at", "split_below_top", "stage_below_top"]
 
 
 class _Tracer(fx.Tracer):
@@ -161,14 +161,23 @@ def split_at(model: nn.Module, stage: str) -> StageSplit:
     return StageSplit(stage=stage, top=names[names.index(stage) + 1:], **parts)
 
 
+def stage_below_top(model: nn.Module | str, top_stages: int = 2) -> str:
+    """The name of the stage below the ``top_stages`` deepest ones (the one whose output is cached).
+
+    EfficientNet-Lite: ``blocks.5`` (``blocks.6`` and ``head_conv`` train above it); ResNet:
+    ``layer2`` (``layer3``, ``layer4``); VGG-19: ``block4`` (``block5``, ``fc``).
+    """
+    names = backbone_spec(model).stage_names
+    if not 1 <= top_stages < len(names):
+        raise ValueError(f"top_stages must be between 1 and {len(names) - 1}, got {top_stages}")
+    return names[-top_stages - 1]
+
+
 def split_below_top(model: nn.Module, top_stages: int = 2) -> StageSplit:
-    """:func:`split_at` the stage below the ``top_stages`` deepest ones.
+    """:func:`split_at` the stage below the ``top_stages`` deepest ones (:func:`stage_below_top`).
 
     EfficientNet-Lite: cache ``blocks.5``, train ``blocks.6`` and ``head_conv``; ResNet: cache
     ``layer2``, train ``layer3`` and ``layer4``; VGG-19: cache ``block4``, train ``block5`` and
     ``fc`` (the head is always trained).
     """
-    names = backbone_spec(model).stage_names
-    if not 1 <= top_stages < len(names):
-        raise ValueError(f"top_stages must be between 1 and {len(names) - 1}, got {top_stages}")
-    return split_at(model, names[-top_stages - 1])
+    return split_at(model, stage_below_top(model, top_stages))

@@ -62,6 +62,28 @@ class ActivationSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def rows(self, name: str, index: Sequence[int] | torch.Tensor, view: str = "plain") -> torch.Tensor:
+        """Rows ``index`` of array ``name`` (of ``view``) as a new tensor, read from the entry's file
+        without mapping it, so only the rows asked for come into memory (indexing the memory-mapped
+        tensor would also keep every page it touched resident)."""
+        return _read_rows(self.path / f"{view}--{name}.bin", self.extra["_arrays"][f"{view}--{name}"], index)
+
+
+def _read_rows(path: Path, spec: Mapping[str, Any], index: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of the raw array file ``path`` (shape and dtype in ``spec``), one read per row."""
+    shape, dtype = tuple(int(s) for s in spec["shape"]), np.dtype(spec["dtype"])
+    rows = [int(i) for i in (index.tolist() if isinstance(index, torch.Tensor) else index)]
+    out = np.empty((len(rows), *shape[1:]), dtype=dtype)
+    size = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    flat = out.reshape(len(rows), size // dtype.itemsize).view(np.uint8)
+    with open(path, "rb") as f:
+        for k, i in enumerate(rows):
+            if not 0 <= i < shape[0]:
+                raise IndexError(f"row {i} of {path.name}, which has {shape[0]} rows")
+            if os.preadv(f.fileno(), [memoryview(flat[k])], i * size) != size:
+                raise OSError(f"{path} is shorter than its recorded shape; delete the entry to compute it again")
+    return torch.from_numpy(out)
+
 
 class _ArrayWriter:
     """Appends each batch's arrays to raw files in ``folder`` (plain writes: the page cache holds
@@ -107,19 +129,15 @@ class ArrayRows(Dataset):
     array (for example the top stages over cached lower activations) does not map it into memory."""
 
     def __init__(self, entry: ActivationSet, name: str, view: str = "plain") -> None:
-        spec = entry.extra["_arrays"][f"{view}--{name}"]
+        self.spec = entry.extra["_arrays"][f"{view}--{name}"]
         self.path = entry.path / f"{view}--{name}.bin"
-        self.shape, self.dtype = tuple(int(s) for s in spec["shape"]), np.dtype(spec["dtype"])
-        self.row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.labels = entry.labels
 
     def __len__(self) -> int:
-        return self.shape[0]
+        return int(self.spec["shape"][0])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with open(self.path, "rb") as f:
-            data = os.pread(f.fileno(), self.row, i * self.row)
-        return torch.from_numpy(np.frombuffer(data, dtype=self.dtype).reshape(self.shape[1:]).copy()), int(self.labels[i])
+        return _read_rows(self.path, self.spec, [i])[0], int(self.labels[i])
 
 
 def load_activations(path: str | os.PathLike[str], key: str) -> ActivationSet | None:

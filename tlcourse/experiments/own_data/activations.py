@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,15 @@ class Views:
     hit: bool  # loaded from disk
     path: Path
     top_seconds: float = 0.0  # seconds the top stages took on every image and its mirror (main backbone)
+    entry: ActivationSet | None = None  # the cache entry the views map, for :meth:`take`
+    aliases: dict[str, str] = field(default_factory=dict)  # a view's name -> the entry's array name
+
+    def take(self, name: str, index: Sequence[int] | torch.Tensor, *, flipped: bool = False) -> torch.Tensor:
+        """Rows ``index`` of view ``name`` (of the mirror images with ``flipped``) as a new tensor,
+        read from the cache file without mapping it: only these rows come into memory."""
+        if self.entry is None:
+            return (self.flipped if flipped else self.plain)[name][torch.as_tensor(index)]
+        return self.entry.rows(self.aliases.get(name, name), index, "flipped" if flipped else "plain")
 
 
 class ImageFiles(Dataset):
@@ -154,4 +163,5 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
         for view in (entry.plain, flipped):
             view[LOWER] = view.pop(cut.stage)
     top = float(entry.extra.get("top_seconds", 0.0))
-    return Views(entry.plain, flipped, entry.seconds + top, entry.hit, entry.path, top)
+    return Views(entry.plain, flipped, entry.seconds + top, entry.hit, entry.path, top, entry,
+                 {LOWER: cut.stage} if cut is not None else {})

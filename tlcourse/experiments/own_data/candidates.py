@@ -9,8 +9,9 @@
 - **full fine-tune** (:func:`full_finetune`): every layer, on decoded images with random crops
   and flips, when the budget allows (``full_ft``).
 
-Both fine-tunes run the course's one recipe, :func:`tlcourse.recipes.train` (early stopping on
-the validation part, the best epoch kept), on the device ``fit`` was given.
+The fine-tunes are the course's recipes, :func:`tlcourse.recipes.top_stage_fine_tune` on the
+cached maps and :func:`tlcourse.recipes.full_fine_tune` on decoded images; both stop early on the
+validation part and keep the best epoch, on the device ``fit`` was given.
 
 Every candidate keeps its validation probabilities (to choose with) and its test probabilities
 (stored unread: only the chosen one, and the textbook's strategy for the paired comparison, are
@@ -32,8 +33,8 @@ from torch.utils.data import DataLoader
 from tlcourse import recipes
 from tlcourse.evaluation import accuracy_ci
 from tlcourse.experiments.own_data.activations import LAST, LOWER, ImageFiles, Views
-from tlcourse.models import Preprocessing, build_backbone, freeze_backbone, param_groups
-from tlcourse.stages import split_below_top
+from tlcourse.models import Preprocessing, backbone_spec, build_backbone
+from tlcourse.stages import stage_below_top
 
 __all__ = ["FT_EPOCHS", "Candidate", "fold_probe", "full_finetune", "probe_candidates", "top_stage_finetune"]
 
@@ -129,28 +130,26 @@ def probe_candidates(backbone: str, views: Views, y: torch.Tensor, parts: dict[s
 def top_stage_finetune(backbone: str, views: Views, y: torch.Tensor, parts: dict[str, list[int]], num_classes: int,
                        *, epochs: int = FT_EPOCHS, seed: int = 0, progress: bool = True,
                        device: str | torch.device | None = "cpu") -> list[Candidate]:
-    """The two deepest stages and a new head, trained on the cached lower activations with
-    :func:`tlcourse.recipes.train` (each image or its mirror at random; BatchNorm keeps its
-    ImageNet statistics, since a user's folder gives few, small batches). Two candidates:
-    without and with flip TTA.
+    """The two deepest stages and a new head trained on the cached lower activations: the course's
+    one recipe, :func:`tlcourse.recipes.top_stage_fine_tune` (each image or its mirror at random;
+    BatchNorm keeps its ImageNet statistics, since a user's folder gives few, small batches). Two
+    candidates: without and with flip TTA.
     """
     torch.manual_seed(seed)
     model = build_backbone(backbone, num_classes=num_classes)
-    cut = split_below_top(model, 2)
-    freeze_backbone(model)
-    for modules in cut.top_modules(model).values():
-        for module in modules:
-            module.requires_grad_(True)
-    A, Af = views.plain[LOWER], views.flipped[LOWER]
+    cut = stage_below_top(model, 2)
     tr, va, te = (torch.as_tensor(parts[p]) for p in ("train", "val", "test"))
-    r = recipes.train(cut.upper, param_groups(model, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR), (A[tr], y[tr]),
-                      (A[va], y[va]), max_epochs=epochs, patience=FT_PATIENCE, flip=True, flipped=Af[tr], bn="eval",
-                      seed=seed, device=device)
-    seconds = r.seconds + views.seconds
+    r = recipes.top_stage_fine_tune(model, cut, (views.take(LOWER, tr), y[tr]), (views.take(LOWER, va), y[va]),
+                                    backbone_lr=BACKBONE_LR, head_lr=HEAD_LR, flipped=views.take(LOWER, tr, flipped=True),
+                                    bn="eval", max_epochs=epochs, patience=FT_PATIENCE, seed=seed, device=device)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    p_va, p_vaf, p_te, p_tef = (recipes.probabilities(cut.upper, a, device) for a in (A[va], Af[va], A[te], Af[te]))
-    cut.upper.cpu()
-    name = f"{backbone} fine-tune {' + '.join(cut.top)} + head (cached {cut.stage})"
+    # scored a part and a view at a time: only one of them is in memory
+    p_va, p_vaf, p_te, p_tef = (recipes.probabilities(r.model, views.take(LOWER, part, flipped=f), device)
+                                for part, f in ((va, False), (va, True), (te, False), (te, True)))
+    r.model.cpu()
+    seconds = r.seconds + views.seconds
+    names = backbone_spec(model).stage_names
+    name = f"{backbone} fine-tune {' + '.join(names[names.index(cut) + 1:])} + head (cached {cut})"
     return [Candidate(name, "partial_ft", backbone, "network", True, False, seconds, p_va, p_te, state),
             Candidate(name + " + flip TTA", "partial_ft", backbone, "network", True, True, seconds,
                       (p_va + p_vaf) / 2, (p_te + p_tef) / 2, state)]
@@ -159,7 +158,7 @@ def top_stage_finetune(backbone: str, views: Views, y: torch.Tensor, parts: dict
 def full_finetune(backbone: str, pre: Preprocessing, samples: Sequence[tuple[str, int]], parts: dict[str, list[int]],
                   num_classes: int, *, epochs: int = 3, seed: int = 0, batch_size: int = 16,
                   progress: bool = True, device: str | torch.device | None = "cpu") -> Candidate:
-    """Every layer trained with :func:`tlcourse.recipes.train` on decoded images (random resized
+    """Every layer trained with :func:`tlcourse.recipes.full_fine_tune` on decoded images (random resized
     crops and flips), BatchNorm keeping its ImageNet statistics.
 
     Costs a forward and a backward pass of the whole network per image and epoch: on a CPU only
@@ -172,8 +171,8 @@ def full_finetune(backbone: str, pre: Preprocessing, samples: Sequence[tuple[str
     train = DataLoader(images["train"], batch_size=batch_size, shuffle=True,
                        generator=torch.Generator().manual_seed(seed))
     val, test = (DataLoader(images[part], batch_size=32) for part in ("val", "test"))
-    r = recipes.train(model, param_groups(model, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR), train, val,
-                      max_epochs=epochs, patience=FT_PATIENCE, bn="eval", seed=seed, device=device)
+    r = recipes.full_fine_tune(model, train, val, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR, bn="eval",
+                               max_epochs=epochs, patience=FT_PATIENCE, seed=seed, device=device)
     probs = {part: recipes.probabilities(model, loader, device) for part, loader in (("val", val), ("test", test))}
     model.cpu()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
