@@ -82,9 +82,10 @@ def test_a_lesson_uses_few_package_names(path: Path) -> None:
 def test_names_are_counted_from_imports_and_module_attributes(tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "from tlcourse import evaluation, plots\nfrom tlcourse.tables import table\n"
-        "import tlcourse.models as m\nevaluation.accuracy_ci(1, 2)\nplots.forest([])\nm.build_backbone('x')\n"
+        "import tlcourse.models as m\nfrom tlcourse.train import fit\nevaluation.accuracy_ci(1, 2)\nplots.forest([])\nm.build_backbone('x')\n"
         "evaluation.accuracy_ci(3, 4)\n%matplotlib inline")])
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
     assert tlcourse_names(path) == {"tlcourse.evaluation.accuracy_ci", "tlcourse.plots.forest",
-                                    "tlcourse.tables.table", "tlcourse.models.build_backbone"}
+                                    "tlcourse.tables.table", "tlcourse.models.build_backbone",
+                                    "tlcourse.train.fit"}  # a function, though tlcourse.train.fit is a module too

@@ -200,6 +200,7 @@ def tlcourse_names(notebook: Path) -> set[str]:
     """
     import ast
     import importlib
+    import inspect
     import json
 
     cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
@@ -210,12 +211,17 @@ def tlcourse_names(notebook: Path) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tlcourse":
+            parent = importlib.import_module(node.module or "tlcourse")
             for a in node.names:
                 path = f"{node.module}.{a.name}"
-                try:
-                    importlib.import_module(path)
-                    modules[a.asname or a.name] = path
+                try:  # a submodule, unless the package's attribute of that name is something else (a function)
+                    is_module = inspect.ismodule(importlib.import_module(path)) and inspect.ismodule(
+                        getattr(parent, a.name, None))
                 except ImportError:
+                    is_module = False
+                if is_module:
+                    modules[a.asname or a.name] = path
+                else:
                     names.add(path)
         elif isinstance(node, ast.Import):
             for a in node.names:
