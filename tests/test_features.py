@@ -503,6 +503,10 @@ def test_the_activation_cache_streams_to_disk_and_maps_it_back(tmp_path: Path):
     assert torch.equal(again.labels, data.tensors[1])
     rows = F.ArrayRows(again, "block1", "flipped")
     assert len(rows) == 7 and torch.equal(rows[4][0], eager.flipped["block1"][4]) and rows[4][1] == 0
+    picked = again.rows("block1", torch.tensor([5, 0, 5]), "flipped")  # read, not mapped: a tensor of its own
+    assert torch.equal(picked, eager.flipped["block1"][[5, 0, 5]]) and again.rows("pooled", []).shape == (0, 16)
+    with pytest.raises(IndexError, match="row 7"):
+        again.rows("block1", [7])
     # another data id, other weights: other entries; a cut file: computed again
     assert F.cached_activations(model, data, ["block1", None], **{**args, "data_id": "other"}).hit is False
     assert F.cached_activations(make_tiny(seed=1), data, ["block1", None], **args).hit is False
@@ -510,3 +514,39 @@ def test_the_activation_cache_streams_to_disk_and_maps_it_back(tmp_path: Path):
         f.truncate(10)
     redone = F.cached_activations(model, data, ["block1", None], **args)
     assert not redone.hit and torch.equal(redone.plain["pooled"], eager.plain["pooled"])
+
+
+_HEAP_GROWTH = """
+import queue, threading
+import psutil, torch
+from tlcourse.features.extract import bound_heap
+
+def batches(n):
+    # n decoded batches of 8 images at 224 px made in a thread (decode-ahead), used and freed here
+    q = queue.Queue(maxsize=2)
+    threading.Thread(target=lambda: [q.put(torch.empty(8, 3, 224, 224).fill_(0.5)) for _ in range(n)] + [q.put(None)]).start()
+    keep, start = [], psutil.Process().memory_info().rss
+    while (b := q.get()) is not None:
+        y = torch.cat([b, b.flip(-1)])
+        keep.append(y.mean((1, 2, 3)))
+        del b, y
+    return (psutil.Process().memory_info().rss - start) / 1e6
+
+big = torch.empty(20_000_000).fill_(1)  # an eager pass's large activation, freed: glibc raises its mmap threshold
+del big
+print(batches(60), bound_heap(), batches(60))
+"""
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="glibc's mmap threshold: Linux only")
+def test_bound_heap_keeps_a_passs_batches_from_growing_the_heap():
+    """After a large freed buffer, batches made in one thread and freed in another grew the heap by
+    about their size each (what made fit's memory grow with the folder); bound_heap stops it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _HEAP_GROWTH], capture_output=True, text=True, check=True, timeout=300)
+    before, bounded, after = done.stdout.split()
+    if float(before) < 100:
+        pytest.skip(f"this allocator did not grow the heap ({float(before):.0f} MB over 60 batches): nothing to bound")
+    assert bounded == "True" and float(after) < 30, (before, after)

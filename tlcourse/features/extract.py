@@ -15,7 +15,10 @@ warning saying why). Both functions return an :class:`Extraction`: it unpacks as
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,8 +42,8 @@ from tlcourse.hooks import capture
 from tlcourse.models import backbone_spec, head_of, stage_layers
 from tlcourse.runtime import DeviceSettings, device_settings
 
-__all__ = ["POOLED", "Activations", "Extraction", "ExtractionReport", "Sink", "extract_activations", "extract_features",
-           "extract_stage_features"]
+__all__ = ["HEAP_MMAP_THRESHOLD", "POOLED", "Activations", "Extraction", "ExtractionReport", "Sink", "bound_heap",
+           "extract_activations", "extract_features", "extract_stage_features"]
 
 #: The name of the "layer" that is the head's input (the final pooled features).
 POOLED = "pooled"
@@ -74,6 +77,30 @@ class Extraction(Generic[T]):
 
     def __getitem__(self, index: int) -> Any:
         return (self.features, self.labels)[index]
+
+
+#: Allocations at least this large get their own memory mapping (returned to the system when freed).
+HEAP_MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def bound_heap(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes for this process; True when it was set.
+
+    glibc raises the threshold to the size of the largest mapped block freed so far (up to 32 MB).
+    After an eager PyTorch pass (the advisor's similarity score, a fine-tune) has freed a large
+    activation, a pass's per-batch buffers (a decoded batch of 8 images at 224 px is 4.8 MB) come
+    from the heap instead, and the heap grew with every batch: memory grew with the folder
+    (``python -m benchmarks.fit_memory``). A fixed threshold keeps such buffers in their own
+    mappings, which go back to the system when freed. A no-op (False) off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
 
 
 def global_pool(x: Any) -> torch.Tensor:

@@ -50,6 +50,7 @@ from tlcourse.experiments.own_data.scan import (
     read_folder,
 )
 from tlcourse.features import NEAR_DUPLICATE, near_duplicates
+from tlcourse.features.extract import bound_heap
 from tlcourse.models import BACKBONES, DEFAULT_BACKBONE, Preprocessing, backbone_spec, build_backbone
 from tlcourse.paths import shown
 from tlcourse.runtime import select_device
@@ -254,6 +255,7 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
     larger = check_arguments(folder, out, budget=budget, backbone=backbone, larger=larger, seed=seed, crop=crop,
                              full_ft=full_ft)
     log = _Log(echo)
+    bound_heap()  # the passes' per-batch buffers go back to the system when freed: memory stays flat
     out = Path(out).expanduser().resolve()
     new = _make_out(out)
     device = select_device(device)
@@ -316,7 +318,8 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
                                          progress=progress, device=device)])
     return finish(data=data, parts=parts, candidates=run.candidates, skipped=run.skipped, rec=rec,
                   similarity=similarity, near=near, out=out, pre_of=lambda b: _preprocessing(b, crop), log=log,
-                  budget=budget, export_model=export, run_key=key, rescore_test=rescore_test)
+                  budget=budget, announced=run.announced, export_model=export, run_key=key,
+                  rescore_test=rescore_test)
 
 
 class _Runner:
@@ -327,14 +330,16 @@ class _Runner:
         self.candidates: list[Candidate] = []
         self.skipped: list[dict[str, Any]] = []
         self.cheapest_only = False  # the main pass alone exceeds the budget: only its probes run
+        self.announced: float | None = None  # the run's length announced before the main pass
 
     def announce_pass(self, backbone: str, seconds_per_image: float, n_images: int) -> None:
         """Log how long the main pass will take (from its first timed batch) and the run's expected
         length; when the pass alone exceeds the budget, say so and the budget this folder needs."""
         estimate = seconds_per_image * n_images
         end = self.log.elapsed() + estimate + PROBE_SECONDS + RESERVE
+        self.announced = max(end, self.budget)
         self.log(f"{backbone} pass over {n_images} images and their mirror images: about {estimate:.0f} s "
-                 f"(timed on its first batch); this run: about {max(end, self.budget):.0f} s")
+                 f"(timed on its first batch); this run: about {self.announced:.0f} s")
         if end > self.budget:
             self.cheapest_only = True
             self.log(f"the pass alone does not fit the budget of {self.budget:g} s: this folder needs --budget "
