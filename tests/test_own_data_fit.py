@@ -181,8 +181,13 @@ def test_a_pass_beyond_the_budget_is_announced_and_only_the_cheapest_candidates_
     real_build = pipeline.build_backbone
     monkeypatch.setattr(pipeline, "build_backbone", lambda name, *a, **k: (built.append(name), real_build(name, *a, **k))[1])
     report = own_data.fit_folder(tmp_path / "f", tmp_path / "out", **{**FAST, "budget": 1, "full_ft": "always",
-                                                                      "larger": ("efficientnet_lite1",)}, export=False)
+                                                                      "larger": ("efficientnet_lite1",)})
     assert built == ["efficientnet_lite0"]  # a skipped larger backbone is not even built
+    # the run, export and its fresh-process check included, ends within 10% of the larger of its
+    # budget and the length it announced before the pass
+    promised = report.extra["announced_seconds"]
+    assert promised is not None and report.seconds <= 1.1 * max(1, promised), (report.seconds, promised)
+    assert report.export["onnx_check"]["same_labels"] and f"announced {promised:.0f} s" in report.decisions[-1]
     lines = report.decisions
     announced = next(i for i, line in enumerate(lines) if "(timed on its first batch)" in line)
     assert "pass over 24 images" in lines[announced]

@@ -255,9 +255,12 @@ def _per_class(classes: Sequence[str], y: np.ndarray, pred: np.ndarray) -> dict[
 
 def finish(*, data: UserData, parts: dict[str, list[int]], candidates: list[Candidate], skipped: list[dict[str, Any]],
            rec: Recommendation, similarity: float, near: list[dict[str, Any]], out: Path,
-           pre_of: Callable[[str], Preprocessing], log: Any, budget: float, export_model: bool = True,
-           run_key: str = "", rescore_test: bool = False) -> FitReport:
+           pre_of: Callable[[str], Preprocessing], log: Any, budget: float, announced: float | None = None,
+           export_model: bool = True, run_key: str = "", rescore_test: bool = False) -> FitReport:
     """Choose, test once, export, write ``report.json`` and ``report.html``; returns the report.
+
+    ``announced``: the run's length ``fit`` announced before its main pass (None when the pass was
+    loaded from the cache); it goes into ``extra`` beside the budget, and the last log line says both.
 
     A new choice on a folder whose test set an earlier call already scored (a bigger budget ran more
     candidates, say) is a second look at the test set: it raises :class:`TestAlreadyScored` unless
@@ -319,11 +322,13 @@ def finish(*, data: UserData, parts: dict[str, list[int]], candidates: list[Cand
         duplicates={"exact_groups": data.duplicates, "left_out": [list(d) for d in data.dropped], "near_test_train": near},
         bad_files=[f"{b.path}: {b.reason}" for b in data.bad], hindsight=hindsight, export=exported,
         decisions=log.lines, out=str(out), tta=chosen.tta, warnings=warnings,
-        extra={"run_key": run_key, "folder": str(data.root), "budget": budget, "n_per_class": rec.n_per_class, "split_note": data.notes[0]})
+        extra={"run_key": run_key, "folder": str(data.root), "budget": budget, "announced_seconds": announced,
+               "n_per_class": rec.n_per_class, "split_note": data.notes[0]})
     figures = _figures(model, chosen, data, parts["test"], y_test, pre, near)
     report.figures = figures
     report.seconds = log.elapsed()
-    log(f"done in {report.seconds:.1f} s: {shown(out / 'report.html')}")
+    promised = f"budget {budget:g} s" + (f", announced {announced:.0f} s" if announced is not None else "")
+    log(f"done in {report.seconds:.1f} s ({promised}): {shown(out / 'report.html')}")
     report.decisions = log.lines
     atomic_write_text(out / "report.json", json.dumps(report.as_dict(), indent=2, default=str))
     atomic_write_text(out / "report.html", render_html(report, figures))
