@@ -101,11 +101,12 @@ class _ArrayWriter:
         self.shapes[name][0][0] += len(a)
 
     def __call__(self, plain: dict[str, torch.Tensor], flipped: dict[str, torch.Tensor] | None,
-                 labels: torch.Tensor) -> None:
+                 labels: torch.Tensor | None) -> None:
         for view, arrays in (("plain", plain), ("flipped", flipped or {})):
             for name, t in arrays.items():
                 self.add(f"{view}--{name}", t)
-        self.add("labels", labels)
+        if labels is not None:
+            self.add("labels", labels)
 
     def close(self) -> dict[str, Any]:
         for f in self.files.values():
@@ -234,9 +235,7 @@ def cached_activations(
             plain, flipped, extra = derive(entry)
             del entry
             more = _ArrayWriter(tmp)
-            for view, arrays_of in (("plain", plain), ("flipped", flipped or {})):
-                for name, t in arrays_of.items():
-                    more.add(f"{view}--{name}", t)
+            more(plain, flipped, None)
             meta["arrays"].update(more.close())
             meta["extra"] = extra
             atomic_write_text(tmp / _META, json.dumps(meta))

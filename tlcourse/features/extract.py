@@ -21,7 +21,7 @@ import dataclasses
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -132,28 +132,6 @@ def _model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return global_pool(out)
 
 
-@contextlib.contextmanager
-def _capture(model: nn.Module, layers: Sequence[str | None]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
-    """A function ``x -> {layer: pooled features}`` for one forward pass each.
-
-    ``None`` (or ``"pooled"``) is the input of the model's head for a registry backbone, and the
-    model's own output for any other module (for example ``nn.Sequential(*children[:-1])``).
-    The forward stops once every requested layer has run.
-    """
-    names = [POOLED if layer is None else layer for layer in layers]
-    stages = [n for n in names if n != POOLED]
-    if not has_backbone_spec(model):
-        if stages:
-            raise ValueError("Stage features need a registry backbone (tlcourse.models.build_backbone)")
-        yield lambda x: {POOLED: _model_output(model, x)}
-        return
-    targets: dict[str, nn.Module] = dict(stage_layers(model, stages))
-    if POOLED in names:
-        targets[POOLED] = head_of(model)
-    with capture(model, targets, inputs={POOLED} & set(targets), pool=global_pool, stop_after=True) as run:
-        yield run
-
-
 def _as_loader(data: DataLoader | Dataset, settings: DeviceSettings, workers: int,
                num_workers: int | None) -> Iterable[Any]:
     """``data`` itself when it is a DataLoader, else an in-order loader of it.
@@ -219,21 +197,39 @@ def _pooled_except(maps: set[str], run: Callable[[torch.Tensor], dict[str, Any]]
     return forward
 
 
-@contextlib.contextmanager
-def _forward(model: nn.Module, layers: Sequence[str | None], maps: set[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
-    """:func:`_capture`, with the layers in ``maps`` kept as whole feature maps."""
-    if not maps:
-        with _capture(model, layers) as run:
-            yield run
-        return
-    names = [POOLED if layer is None else layer for layer in layers]
-    if not has_backbone_spec(model) or POOLED in maps:
-        raise ValueError("Whole feature maps come from the stages of a registry backbone (tlcourse.models.build_backbone)")
+def _targets(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """``{name: module}`` whose output (a stage) or input (``"pooled"``: the head) is recorded."""
     targets: dict[str, nn.Module] = dict(stage_layers(model, [n for n in names if n != POOLED]))
     if POOLED in names:
         targets[POOLED] = head_of(model)
-    with capture(model, targets, inputs={POOLED} & set(targets), stop_after=True) as run:
-        yield _pooled_except(maps, run)
+    return targets
+
+
+@contextlib.contextmanager
+def _capture(model: nn.Module, layers: Sequence[str | None],
+             maps: Collection[str] = ()) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+    """A function ``x -> {layer: features}`` for one forward pass each: global-average pooled, except
+    the stages in ``maps``, kept as whole feature maps (float).
+
+    ``None`` (or ``"pooled"``) is the input of the model's head for a registry backbone, and the
+    model's own output for any other module (for example ``nn.Sequential(*children[:-1])``).
+    The forward stops once every requested layer has run.
+    """
+    names = [POOLED if layer is None else layer for layer in layers]
+    if not has_backbone_spec(model):
+        if maps:
+            raise ValueError("Whole feature maps come from the stages of a registry backbone "
+                             "(tlcourse.models.build_backbone)")
+        if any(n != POOLED for n in names):
+            raise ValueError("Stage features need a registry backbone (tlcourse.models.build_backbone)")
+        yield lambda x: {POOLED: _model_output(model, x)}
+        return
+    if POOLED in maps:
+        raise ValueError("Whole feature maps come from the stages of a registry backbone (tlcourse.models.build_backbone)")
+    targets = _targets(model, names)
+    with capture(model, targets, inputs={POOLED} & set(targets), pool=None if maps else global_pool,
+                 stop_after=True) as run:
+        yield _pooled_except(set(maps), run) if maps else run
 
 
 def extract_activations(
@@ -295,7 +291,7 @@ def extract_activations(
     onnx: OnnxFeatures | None = None
     total = _length(loader)
     try:
-        with torch.inference_mode(), settings.autocast(), _forward(model, layers, whole) as run, \
+        with torch.inference_mode(), settings.autocast(), _capture(model, layers, whole) as run, \
                 decoded_batches(loader, ahead=ahead) as batches:
             if use_engine:
                 onnx = OnnxFeatures(model, names, run, threads=engine_threads(workers, knobs.threads),
