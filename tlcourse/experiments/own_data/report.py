@@ -208,6 +208,9 @@ def _figures(model: torch.nn.Module, chosen: Candidate, data: UserData, test: li
     shown = right + wrong[:4]
     x = _images(data.samples, [test[k] for k in shown], pre)
     layer = model.lower if isinstance(model, StageProbe) else None
+    # Grad-CAM needs the gradient at its layer only (capture makes that activation a leaf that
+    # requires grad): with the weights frozen, autograd keeps no activation below it
+    model.requires_grad_(False)
     cams, _ = gradcam(model, x, layer=layer)
     figs["gradcam"] = _png(gradcam_grid(denormalize(x, pre.mean, pre.std), cams,
                                         titles=[f"{data.classes[pred[k]]} {conf[k]:.0%}" for k in shown],
