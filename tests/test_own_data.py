@@ -141,3 +141,16 @@ def test_a_folded_probe_gives_the_pipelines_probabilities(classes: int) -> None:
     folded = (X.double() @ head["weight"].double().T + head["bias"].double()).softmax(1)
     assert head["weight"].shape == (classes, 7)
     assert np.allclose(folded.numpy(), pipe.predict_proba(X.numpy()), atol=1e-5)
+
+
+def test_the_log_clock_can_start_before_the_call() -> None:
+    """The command line passes its process's start: the budget then counts the imports too."""
+    import time
+
+    from tlcourse.experiments.own_data.pipeline import _Log
+
+    lines: list[str] = []
+    log = _Log(lines.append, started=time.time() - 50)
+    log("first decision")
+    assert 50 <= log.elapsed() < 60 and lines[0].startswith("[  50.")
+    assert _Log(None).elapsed() < 5 and _Log(None, started=time.time() + 100).elapsed() < 5  # never negative

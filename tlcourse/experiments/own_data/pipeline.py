@@ -163,8 +163,9 @@ def _make_out(out: Path) -> bool:
 class _Log:
     """Prints a line per decision, stamped with the seconds since the start, and keeps them."""
 
-    def __init__(self, echo: Callable[[str], Any] | None) -> None:
-        self.start, self.lines, self.echo = time.perf_counter(), [], echo
+    def __init__(self, echo: Callable[[str], Any] | None, started: float | None = None) -> None:
+        before = max(0.0, time.time() - started) if started is not None else 0.0  # e.g. the process's start-up
+        self.start, self.lines, self.echo = time.perf_counter() - before, [], echo
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -230,7 +231,8 @@ def _drop_near_copies(data: UserData, views: Views, parts: dict[str, list[int]])
 def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, budget: float = DEFAULT_BUDGET,
                backbone: str = DEFAULT_BACKBONE, larger: Sequence[str] = LARGER, seed: int = 0, crop: int | None = None,
                full_ft: str = "auto", export: bool = True, progress: bool = True, rescore_test: bool = False,
-               echo: Callable[[str], Any] | None = print, device: str | torch.device | None = None) -> FitReport:
+               echo: Callable[[str], Any] | None = print, device: str | torch.device | None = None,
+               started: float | None = None) -> FitReport:
     """Fit a classifier to ``folder`` and write ``out/report.json``, ``out/report.html`` and the model files.
 
     Args:
@@ -247,6 +249,9 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
         echo: called with each decision line (``None``: silent).
         device: where the backbone passes and the fine-tunes run (``None``/``"auto"``: the GPU when
             there is one, else the CPU; see :func:`tlcourse.runtime.select_device`).
+        started: when the run began, in ``time.time()`` seconds (default: now). The command line
+            passes its process's start, so the budget, the announced length and the log's clock
+            count the imports too.
 
     Raises :class:`BadArgument` or :class:`~tlcourse.experiments.own_data.scan.FolderRefused` (both ``ValueError``)
     before anything is built, saying what to do; an output folder that cannot be created raises the
@@ -254,7 +259,7 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
     """
     larger = check_arguments(folder, out, budget=budget, backbone=backbone, larger=larger, seed=seed, crop=crop,
                              full_ft=full_ft)
-    log = _Log(echo)
+    log = _Log(echo, started)
     bound_heap()  # the passes' per-batch buffers go back to the system when freed: memory stays flat
     out = Path(out).expanduser().resolve()
     new = _make_out(out)
