@@ -256,7 +256,8 @@ def extract_activations(
     flip (one decode, two views) and returns the flip's activations as ``flipped``. ``sink``
     receives each batch instead of memory (the disk cache writes it to a file, so memory does
     not grow with the dataset); ``on_rate`` gets the seconds per image of the first batch after
-    the warm-up one (the first batch when there is only one), to announce the pass's length.
+    the warm-up one (the first batch when there is only one), waiting for its decoding included,
+    to announce the pass's length.
 
     The model runs in eval mode under ``torch.inference_mode`` on ``device`` (moved there, and
     back to where it was afterwards) with the device's settings (channels_last, autocast).
@@ -297,9 +298,9 @@ def extract_activations(
                 onnx = OnnxFeatures(model, names, run, threads=engine_threads(workers, knobs.threads),
                                     spin=workers == 0 and not ahead, batch=knobs.engine_batch)
             desc = progress if isinstance(progress, str) else "features"
+            done_at = time.perf_counter()  # the end of the previous batch: a batch's time includes its decoding
             for step, (inputs, targets) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False,
                                                           total=total)):
-                tick = time.perf_counter()
                 x = torch.cat([inputs, inputs.flip(-1)]) if mirror else inputs
                 found = _engine_features(onnx, x) if onnx is not None else None
                 if found is None:
@@ -321,7 +322,8 @@ def extract_activations(
                 if onnx is None:
                     chooser.after_batch(len(x))
                 if on_rate is not None and (step == 1 or total == 1):
-                    on_rate((time.perf_counter() - tick) / max(1, half))
+                    on_rate((time.perf_counter() - done_at) / max(1, half))
+                done_at = time.perf_counter()
     finally:
         eager_threads = chooser.restore()
         model.train(was_training)

@@ -67,9 +67,10 @@ DEFAULT_BUDGET = 60.0
 LARGER = ("efficientnet_lite1", "efficientnet_lite2")
 #: Cost of a backbone's pass relative to Lite0's, measured on a 2-core CPU (for the budget only).
 RELATIVE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.4, "efficientnet_lite2": 2.0}
-#: Seconds the main backbone's probes take after its pass (measured 1.2 s for 400 images, 59 s for
-#: 1,000 images on a 2-core CPU under a load average of 11; for the announcement only).
-PROBE_SECONDS = 5.0
+#: The main backbone's probes take about this share of its pass, at least PROBE_SECONDS: both grow
+#: with the folder and slow down together on a busy machine (the probes' and the pass's seconds in
+#: the logs of ``python -m benchmarks.fit_memory``; for the announcement only).
+PROBE_SHARE, PROBE_SECONDS = 0.15, 5.0
 #: Seconds kept back for testing, export, the fresh-process checks and the report (measured 21-39 s
 #: for Alien vs Predator on a busy 2-core CPU; the budget is a target, not a hard stop).
 RESERVE = 30.0
@@ -341,7 +342,7 @@ class _Runner:
         """Log how long the main pass will take (from its first timed batch) and the run's expected
         length; when the pass alone exceeds the budget, say so and the budget this folder needs."""
         estimate = seconds_per_image * n_images
-        end = self.log.elapsed() + estimate + PROBE_SECONDS + RESERVE
+        end = self.log.elapsed() + estimate + max(PROBE_SECONDS, PROBE_SHARE * estimate) + RESERVE
         self.announced = max(end, self.budget)
         self.log(f"{backbone} pass over {n_images} images and their mirror images: about {estimate:.0f} s "
                  f"(timed on its first batch); this run: about {self.announced:.0f} s")
