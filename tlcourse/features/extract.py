@@ -79,6 +79,9 @@ class Extraction(Generic[T]):
         return (self.features, self.labels)[index]
 
 
+#: Batches after the warm-up one that time a pass for ``on_rate`` (one batch's time is noisy).
+RATE_BATCHES = 3
+
 #: Allocations at least this large get their own memory mapping (returned to the system when freed).
 HEAP_MMAP_THRESHOLD = 1 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -255,9 +258,9 @@ def extract_activations(
     whole feature maps (float32). ``mirror=True`` sends every batch together with its horizontal
     flip (one decode, two views) and returns the flip's activations as ``flipped``. ``sink``
     receives each batch instead of memory (the disk cache writes it to a file, so memory does
-    not grow with the dataset); ``on_rate`` gets the seconds per image of the first batch after
-    the warm-up one (the first batch when there is only one), waiting for its decoding included,
-    to announce the pass's length.
+    not grow with the dataset); ``on_rate`` gets the seconds per image of the :data:`RATE_BATCHES`
+    batches after the warm-up one (fewer in a shorter pass; the first batch when there is only
+    one), waiting for their decoding included, to announce the pass's length.
 
     The model runs in eval mode under ``torch.inference_mode`` on ``device`` (moved there, and
     back to where it was afterwards) with the device's settings (channels_last, autocast).
@@ -298,7 +301,9 @@ def extract_activations(
                 onnx = OnnxFeatures(model, names, run, threads=engine_threads(workers, knobs.threads),
                                     spin=workers == 0 and not ahead, batch=knobs.engine_batch)
             desc = progress if isinstance(progress, str) else "features"
-            done_at = time.perf_counter()  # the end of the previous batch: a batch's time includes its decoding
+            done_at = time.perf_counter()  # the end of the warm-up batch: the timed batches include their decoding
+            timed = min(RATE_BATCHES, total - 1) if total is not None and total > 1 else RATE_BATCHES
+            seen = 0  # images in the timed batches so far
             for step, (inputs, targets) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False,
                                                           total=total)):
                 x = torch.cat([inputs, inputs.flip(-1)]) if mirror else inputs
@@ -321,9 +326,11 @@ def extract_activations(
                             flipped[name].append(mirrored[name])
                 if onnx is None:
                     chooser.after_batch(len(x))
-                if on_rate is not None and (step == 1 or total == 1):
-                    on_rate((time.perf_counter() - done_at) / max(1, half))
-                done_at = time.perf_counter()
+                seen += half if step >= 1 else 0
+                if on_rate is not None and (step == timed or total == 1):
+                    on_rate((time.perf_counter() - done_at) / max(1, seen or half))
+                if step == 0:
+                    done_at = time.perf_counter()
     finally:
         eager_threads = chooser.restore()
         model.train(was_training)
