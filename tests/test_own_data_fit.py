@@ -189,7 +189,7 @@ def test_a_pass_beyond_the_budget_is_announced_and_only_the_cheapest_candidates_
     assert promised is not None and report.seconds <= 1.1 * max(1, promised), (report.seconds, promised)
     assert report.export["onnx_check"]["same_labels"] and f"announced {promised:.0f} s" in report.decisions[-1]
     lines = report.decisions
-    announced = next(i for i, line in enumerate(lines) if "(timed on its first batch)" in line)
+    announced = next(i for i, line in enumerate(lines) if "(timed on its first batches)" in line)
     assert "pass over 24 images" in lines[announced]
     assert "does not fit the budget of 1 s" in lines[announced + 1] and "--budget" in lines[announced + 1]
     assert {c["strategy"] for c in report.candidates} == {"probe_last", "probe_early"}

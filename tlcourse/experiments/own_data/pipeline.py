@@ -345,7 +345,7 @@ class _Runner:
         end = self.log.elapsed() + estimate + max(PROBE_SECONDS, PROBE_SHARE * estimate) + RESERVE
         self.announced = max(end, self.budget)
         self.log(f"{backbone} pass over {n_images} images and their mirror images: about {estimate:.0f} s "
-                 f"(timed on its first batch); this run: about {self.announced:.0f} s")
+                 f"(timed on its first batches); this run: about {self.announced:.0f} s")
         if end > self.budget:
             self.cheapest_only = True
             self.log(f"the pass alone does not fit the budget of {self.budget:g} s: this folder needs --budget "
