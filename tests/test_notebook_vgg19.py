@@ -1,9 +1,9 @@
 """Notebook 05 runs the VGG-19 recipe as written (``model.classifier[6]``) when VGG-19 is loaded.
 
 Random weights under torchvision's file name, as in ``test_notebook_backbones.py``. VGG-19 costs
-about 13 times ResNet-18's arithmetic per image, so this run uses a smoke setting of the ci profile
-(96 px, 30 training images per class, 2 fine-tuning epochs): it checks that every cell executes and
-the record has its structure, not accuracy. A file of its own, so pytest-xdist runs it beside the
+about 13 times ResNet-18's arithmetic per image, so this run uses the same smoke setting of the ci
+profile as the ResNet-18 run of 05 (``SMOKE["05"]``: one seed, 96 px, 30 training images per class, 2
+epochs): it checks that every cell executes and the record has its structure, not accuracy. A file of its own, so pytest-xdist runs it beside the
 other notebook runs.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_notebook_backbones import run_with_backbone
+from test_notebook_backbones import SMOKE, run_with_backbone
 
 from tlcourse.courseware.course import notebooks
 
@@ -20,4 +20,4 @@ from tlcourse.courseware.course import notebooks
 @pytest.mark.notebook
 def test_notebook_05_runs_the_vgg19_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = next(p for p in notebooks() if p.stem.startswith("05"))
-    run_with_backbone(path, "vgg19", tmp_path, monkeypatch, CROP=96, TRAIN_PER_CLASS=30, FT_EPOCHS=2)
+    run_with_backbone(path, "vgg19", tmp_path, monkeypatch, **SMOKE["05"])
