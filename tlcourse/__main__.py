@@ -13,6 +13,7 @@ Errors are printed as one readable message on stderr with exit code 1, never as 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,6 +168,17 @@ def _number(text: str | float | None) -> int | float | str | None:
     return text
 
 
+def _process_started() -> float | None:
+    """When this process started, in ``time.time()`` seconds (Linux's /proc; None elsewhere), so that
+    ``fit``'s budget counts the seconds its imports took."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def run_fit_command(folder: str, out: str | None, budget: str | float, backbone: str, larger: Sequence[str],
                     seed: str | int, crop: str | None, full_ft: str, device: str = "auto",
                     rescore_test: bool = False) -> int:
@@ -181,7 +193,8 @@ def run_fit_command(folder: str, out: str | None, budget: str | float, backbone:
                     full_ft=full_ft)
     settings["larger"] = check_arguments(folder, out_dir, **settings, names=CLI_NAMES)
     try:
-        report = fit_folder(folder, out_dir, device=device, rescore_test=rescore_test, **settings)  # type: ignore[arg-type]
+        report = fit_folder(folder, out_dir, device=device, rescore_test=rescore_test, started=_process_started(),
+                            **settings)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         print(f"\ninterrupted: the candidates finished so far are saved in {shown(out_dir)}; run the same command again "
               "to resume from there.", file=sys.stderr)
