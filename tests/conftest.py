@@ -169,3 +169,17 @@ def local_http_server() -> Iterator[LocalServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+#: The longest test files, longest first (minutes in CI's log: VGG-19's run of notebook 05, the six
+#: notebooks in the ci profile, again with ResNet-18, the README's install into a fresh venv, offline).
+#: pytest-xdist's ``--dist loadfile`` hands files to workers in collection order; starting the longest
+#: first keeps one worker from beginning a five-minute file while the other has nothing left to do.
+LONGEST_FIRST = ("test_notebook_vgg19.py", "test_notebooks.py", "test_notebook_backbones.py",
+                 "test_readme_commands.py", "test_notebook_offline.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the longest files first; the order inside each file stays as written."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
