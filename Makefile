@@ -47,7 +47,7 @@ test: export OPENBLAS_NUM_THREADS := 1
 test: $(STAMP)
 	@echo "[test] $$(date -u +%H:%M:%S) start: $$(OMP_NUM_THREADS= nproc) CPUs, load $$(cut -d' ' -f1-3 /proc/loadavg)"
 	$(BIN)/ruff check tlcourse tests benchmarks scripts notebooks
-	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --timeout=$(TEST_TIMEOUT) \
+	TLCOURSE_PROFILE=ci $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --timeout=$(TEST_TIMEOUT) \
 		--durations=15 tests
 
 unit: $(STAMP)

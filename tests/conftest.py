@@ -173,8 +173,9 @@ def local_http_server() -> Iterator[LocalServer]:
 
 #: The longest test files, longest first (minutes in CI's log: VGG-19's run of notebook 05, the six
 #: notebooks in the ci profile, again with ResNet-18, the README's install into a fresh venv, offline).
-#: pytest-xdist's ``--dist loadfile`` hands files to workers in collection order; starting the longest
-#: first keeps one worker from beginning a five-minute file while the other has nothing left to do.
+#: With ``--dist loadfile --no-loadscope-reorder`` (the Makefile's), pytest-xdist hands files to workers
+#: in collection order; starting the longest first keeps one worker from beginning a five-minute file
+#: while the other has nothing left to do. (Its default order, most tests first, put VGG-19's one test last.)
 LONGEST_FIRST = ("test_notebook_vgg19.py", "test_notebooks.py", "test_notebook_backbones.py",
                  "test_readme_commands.py", "test_notebook_offline.py")
 
