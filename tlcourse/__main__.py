@@ -193,7 +193,7 @@ def run_fit_command(folder: str, out: str | None, budget: str | float, backbone:
                     full_ft=full_ft)
     settings["larger"] = check_arguments(folder, out_dir, **settings, names=CLI_NAMES)
     try:
-        report = fit_folder(folder, out_dir, device=device, rescore_test=rescore_test, started=_process_started(),
+        report = fit_folder(folder, out_dir, device=device, rescore_test=rescore_test, started=PROCESS_STARTED,
                             **settings)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         print(f"\ninterrupted: the candidates finished so far are saved in {shown(out_dir)}; run the same command again "
@@ -307,5 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+#: Set only when this file runs as ``python -m tlcourse``: then ``fit``'s budget counts the imports. A
+#: ``main()`` called inside a longer-lived process (a notebook, the tests) starts its clock at the call.
+PROCESS_STARTED: float | None = None
+
 if __name__ == "__main__":
+    PROCESS_STARTED = _process_started()
     sys.exit(main())
