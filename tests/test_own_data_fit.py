@@ -131,6 +131,24 @@ def test_the_full_fine_tune_trains_every_layer_and_deploys(tmp_path: Path) -> No
         assert torch.allclose(model(x).softmax(1), c.val_proba, atol=1e-4)  # the stored weights are the trained ones
 
 
+def test_a_fine_tune_that_would_outrun_the_budget_stops_at_its_deadline_and_says_so(tmp_path: Path) -> None:
+    import time
+
+    from tlcourse.experiments.own_data.candidates import full_finetune
+    from tlcourse.experiments.own_data.pipeline import _preprocessing
+
+    make_images(tmp_path / "f", {"red": 5, "blue": 5})
+    data = read_folder(tmp_path / "f")
+    parts = {p: data.indices(p) for p in ("train", "val", "test")}
+    pre = _preprocessing("efficientnet_lite0", 64)
+    c = full_finetune("efficientnet_lite0", pre, data.samples, parts, 2, epochs=3, progress=False,
+                      deadline=time.perf_counter())  # no time left: the first epoch is the last
+    assert c.name == "efficientnet_lite0 full fine-tune (1 epochs) (the budget ended it after 1 epoch)"
+    far = full_finetune("efficientnet_lite0", pre, data.samples, parts, 2, epochs=2, progress=False,
+                        deadline=time.perf_counter() + 600)
+    assert "budget" not in far.name
+
+
 def test_a_stage_probe_round_trips_through_its_own_bundle(tmp_path: Path) -> None:
     from tlcourse.experiments.own_data.candidates import Candidate
     from tlcourse.experiments.own_data.deploy import StageProbe, _export_stage_probe, deployed_model

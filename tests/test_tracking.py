@@ -1,4 +1,5 @@
-"""fit can stop and restore: EarlyStopping ends a run on a plateau, KeepBest hands back the best epoch.
+"""fit can stop and restore: EarlyStopping ends a run on a plateau, KeepBest hands back the best epoch,
+Deadline ends it before the clock runs out.
 
 Scripted validation results (a callback that rewrites the epoch's statistics) make the plateau and
 the best epoch known in advance, so each test says exactly which epoch must win.
@@ -7,12 +8,13 @@ the best epoch known in advance, so each test says exactly which epoch must win.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
 from torch import nn
 
-from tlcourse.train import Callback, EarlyStopping, History, KeepBest, fit, improves
+from tlcourse.train import Callback, Deadline, EarlyStopping, History, KeepBest, fit, improves
 from tlcourse.train.loops import EpochStats
 
 
@@ -113,3 +115,33 @@ def test_patience_below_one_is_refused():
 def test_history_records_a_stop_in_its_json():
     h = History(epochs=[{"epoch": 1, "val_acc": 0.5, "val_loss": 1.0}], stopped_early=True)
     assert History.from_json(h.to_json()).stopped_early
+
+
+class Slow(Callback):
+    """Each epoch takes ``seconds`` (a sleep after its training pass)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def after_train(self, run, stats: EpochStats) -> EpochStats:
+        time.sleep(self.seconds)
+        return stats
+
+
+def test_deadline_ends_the_run_before_an_epoch_would_end_after_it_and_keeps_the_best_so_far():
+    script = [(0.5, 1.0), (0.7, 0.9), (0.8, 0.8), (0.9, 0.7), (0.95, 0.6), (0.99, 0.5)]
+    start = time.perf_counter()
+    clock = Deadline(start + 0.75)  # room for 2 epochs of 0.3 s, not for a third
+    model, history, scripted = train(script, Slow(0.3), KeepBest(), clock)
+    assert len(history.epochs) == 2 and clock.hit and not history.stopped_early
+    assert time.perf_counter() - start < 0.75
+    assert torch.equal(model.weight, scripted.weights[2])  # the best epoch the clock allowed
+
+
+def test_deadline_far_away_or_a_last_epoch_does_not_count_as_hit():
+    clock = Deadline(time.perf_counter() + 60)
+    _, history, _ = train([(0.5, 1.0), (0.6, 0.9)], clock)
+    assert len(history.epochs) == 2 and not clock.hit
+    late = Deadline(time.perf_counter() - 1)  # already past: one epoch runs (fit trains at least once)
+    _, history, _ = train([(0.5, 1.0), (0.6, 0.9)], late)
+    assert len(history.epochs) == 1 and late.hit

@@ -4,7 +4,7 @@
   one screen (notebook 02 writes them inline first);
 - :mod:`~tlcourse.train.fit`: ``fit``, which repeats them and calls the callbacks;
 - :mod:`~tlcourse.train.callbacks`: the ``Callback`` protocol and the ``Run`` state;
-- :mod:`~tlcourse.train.tracking`: ``EarlyStopping`` and ``KeepBest`` (the best validation epoch);
+- :mod:`~tlcourse.train.tracking`: ``EarlyStopping`` and ``KeepBest`` (the best validation epoch), ``Deadline``;
 - :mod:`~tlcourse.train.history`: ``History``, the per-epoch record;
 - :mod:`~tlcourse.train.checkpoint`: ``best.pt``/``last.pt`` and resume.
 
@@ -25,13 +25,14 @@ from tlcourse.train.loops import (
     set_train_mode,
     train_one_epoch,
 )
-from tlcourse.train.tracking import EarlyStopping, KeepBest
+from tlcourse.train.tracking import Deadline, EarlyStopping, KeepBest
 
 __all__ = [
     "BN_POLICIES",
     "CHECKPOINT_FORMAT",
     "Callback",
     "Checkpoints",
+    "Deadline",
     "EarlyStopping",
     "EpochEndFunction",
     "EpochStats",

@@ -1,4 +1,5 @@
-"""Callbacks that watch validation: stop on a plateau, and keep the best epoch's weights.
+"""Callbacks that watch validation: stop on a plateau, and keep the best epoch's weights; and one
+that watches the clock (``Deadline``: stop before an epoch would end after a time limit).
 
 A fixed number of epochs is either too few (the model still improves) or too many (it
 overfits, and the last epoch is not the best). These two callbacks let ``fit`` train "until
@@ -9,6 +10,7 @@ and ``SaveModelCallback`` do. "Better" is :func:`tlcourse.train.history.improves
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from tlcourse.train.callbacks import Callback, Run
 from tlcourse.train.checkpoint import load_checkpoint
 from tlcourse.train.history import improves
 
-__all__ = ["EarlyStopping", "KeepBest"]
+__all__ = ["Deadline", "EarlyStopping", "KeepBest"]
 
 
 class EarlyStopping(Callback):
@@ -81,3 +83,26 @@ class KeepBest(Callback):
         elif run.history.epochs:
             raise RuntimeError("KeepBest has no best weights to restore: after a resume, pass the run's "
                                "checkpoint_dir as KeepBest(folder=...).")
+
+
+class Deadline(Callback):
+    """End the run after an epoch when the next one would end after ``at`` (a ``time.perf_counter()`` time).
+
+    The next epoch is assumed to take as long as the slowest one so far, so a run stops early
+    rather than late; with :class:`KeepBest` the best epoch so far is what comes back. ``hit`` says
+    whether the clock ended the run (``fit FOLDER`` keeps its budget with it).
+    """
+
+    order = 70  # after EarlyStopping: a plateau that ends the run is reported as a plateau
+
+    def __init__(self, at: float) -> None:
+        self.at, self.hit = at, False
+
+    def on_fit_start(self, run: Run) -> None:
+        self.slowest, self.started = 0.0, time.perf_counter()
+
+    def on_epoch_end(self, run: Run) -> None:
+        now = time.perf_counter()
+        self.slowest, self.started = max(self.slowest, now - self.started), now
+        if not run.stop and run.epoch < run.epochs and now + self.slowest > self.at:
+            run.stop, self.hit = True, True

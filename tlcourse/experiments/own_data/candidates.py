@@ -35,6 +35,7 @@ from tlcourse.evaluation import accuracy_ci
 from tlcourse.experiments.own_data.activations import LAST, LOWER, ImageFiles, Views
 from tlcourse.models import Preprocessing, backbone_spec, build_backbone
 from tlcourse.stages import stage_below_top
+from tlcourse.train import Deadline
 
 __all__ = ["FT_EPOCHS", "Candidate", "fold_probe", "full_finetune", "probe_candidates", "top_stage_finetune"]
 
@@ -44,6 +45,11 @@ FT_EPOCHS, FT_PATIENCE = 8, 3
 #: matrix's reference run chose the backbone rate on validation among 1e-3, 1e-4 and 1e-5 in both
 #: domains (``tlcourse/experiments/results/04_decision_matrix_reference.json``, ``meta.lr_sweep``).
 BACKBONE_LR, HEAD_LR = 1e-3, 1e-3
+
+
+def _budget_note(callbacks: Sequence[Deadline], epochs: int) -> str:
+    """A name's note when the budget's deadline ended a fine-tune."""
+    return f" (the budget ended it after {epochs} epoch{'s' * (epochs != 1)})" if any(cb.hit for cb in callbacks) else ""
 
 
 @dataclass
@@ -129,19 +135,22 @@ def probe_candidates(backbone: str, views: Views, y: torch.Tensor, parts: dict[s
 
 def top_stage_finetune(backbone: str, views: Views, y: torch.Tensor, parts: dict[str, list[int]], num_classes: int,
                        *, epochs: int = FT_EPOCHS, seed: int = 0, progress: bool = True,
-                       device: str | torch.device | None = "cpu") -> list[Candidate]:
+                       device: str | torch.device | None = "cpu", deadline: float | None = None) -> list[Candidate]:
     """The two deepest stages and a new head trained on the cached lower activations: the course's
     one recipe, :func:`tlcourse.recipes.top_stage_fine_tune` (each image or its mirror at random;
     BatchNorm keeps its ImageNet statistics, since a user's folder gives few, small batches). Two
-    candidates: without and with flip TTA.
+    candidates: without and with flip TTA. ``deadline`` (``time.perf_counter()``): no epoch starts
+    that would end after it (:class:`tlcourse.train.Deadline`), and the best epoch so far is kept.
     """
     torch.manual_seed(seed)
+    clock = [Deadline(deadline)] if deadline is not None else []
     model = build_backbone(backbone, num_classes=num_classes)
     cut = stage_below_top(model, 2)
     tr, va, te = (torch.as_tensor(parts[p]) for p in ("train", "val", "test"))
     r = recipes.top_stage_fine_tune(model, cut, (views.take(LOWER, tr), y[tr]), (views.take(LOWER, va), y[va]),
                                     backbone_lr=BACKBONE_LR, head_lr=HEAD_LR, flipped=views.take(LOWER, tr, flipped=True),
-                                    bn="eval", max_epochs=epochs, patience=FT_PATIENCE, seed=seed, device=device)
+                                    bn="eval", max_epochs=epochs, patience=FT_PATIENCE, seed=seed, device=device,
+                                    callbacks=clock)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     # scored a part and a view at a time: only one of them is in memory
     p_va, p_vaf, p_te, p_tef = (recipes.probabilities(r.model, views.take(LOWER, part, flipped=f), device)
@@ -149,7 +158,8 @@ def top_stage_finetune(backbone: str, views: Views, y: torch.Tensor, parts: dict
     r.model.cpu()
     seconds = r.seconds + views.seconds
     names = backbone_spec(model).stage_names
-    name = f"{backbone} fine-tune {' + '.join(names[names.index(cut) + 1:])} + head (cached {cut})"
+    name = (f"{backbone} fine-tune {' + '.join(names[names.index(cut) + 1:])} + head (cached {cut})"
+            + _budget_note(clock, r.epochs))
     return [Candidate(name, "partial_ft", backbone, "network", True, False, seconds, p_va, p_te, state),
             Candidate(name + " + flip TTA", "partial_ft", backbone, "network", True, True, seconds,
                       (p_va + p_vaf) / 2, (p_te + p_tef) / 2, state)]
@@ -157,14 +167,16 @@ def top_stage_finetune(backbone: str, views: Views, y: torch.Tensor, parts: dict
 
 def full_finetune(backbone: str, pre: Preprocessing, samples: Sequence[tuple[str, int]], parts: dict[str, list[int]],
                   num_classes: int, *, epochs: int = 3, seed: int = 0, batch_size: int = 16,
-                  progress: bool = True, device: str | torch.device | None = "cpu") -> Candidate:
+                  progress: bool = True, device: str | torch.device | None = "cpu",
+                  deadline: float | None = None) -> Candidate:
     """Every layer trained with :func:`tlcourse.recipes.full_fine_tune` on decoded images (random resized
-    crops and flips), BatchNorm keeping its ImageNet statistics.
+    crops and flips), BatchNorm keeping its ImageNet statistics; ``deadline`` as in :func:`top_stage_finetune`.
 
     Costs a forward and a backward pass of the whole network per image and epoch: on a CPU only
     for small folders or large budgets (``fit`` estimates the cost first).
     """
     torch.manual_seed(seed)
+    clock = [Deadline(deadline)] if deadline is not None else []
     model = build_backbone(backbone, num_classes=num_classes)
     images = {part: ImageFiles([samples[i] for i in parts[part]], pre.train_transform() if part == "train"
                                else pre.eval_transform()) for part in ("train", "val", "test")}
@@ -172,9 +184,10 @@ def full_finetune(backbone: str, pre: Preprocessing, samples: Sequence[tuple[str
                        generator=torch.Generator().manual_seed(seed))
     val, test = (DataLoader(images[part], batch_size=32) for part in ("val", "test"))
     r = recipes.full_fine_tune(model, train, val, backbone_lr=BACKBONE_LR, head_lr=HEAD_LR, bn="eval",
-                               max_epochs=epochs, patience=FT_PATIENCE, seed=seed, device=device)
+                               max_epochs=epochs, patience=FT_PATIENCE, seed=seed, device=device, callbacks=clock)
     probs = {part: recipes.probabilities(model, loader, device) for part, loader in (("val", val), ("test", test))}
     model.cpu()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Candidate(f"{backbone} full fine-tune ({r.epochs} epochs)", "full_ft", backbone, "network", True, False,
+    name = f"{backbone} full fine-tune ({r.epochs} epochs)" + _budget_note(clock, r.epochs)
+    return Candidate(name, "full_ft", backbone, "network", True, False,
                      r.seconds, probs["val"], probs["test"], state)

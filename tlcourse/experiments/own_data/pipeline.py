@@ -307,7 +307,7 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
     ft_cost = FT_EPOCHS * 3 * views.top_seconds * len(parts["train"]) / (2 * len(data.samples))
     run.stage("top-stage fine-tune", ft_cost,
               lambda: top_stage_finetune(backbone, views, y, parts, len(data.classes), seed=seed, progress=progress,
-                                         device=device))
+                                         device=device, deadline=run.deadline()))
     for name in larger:
         if run.cheapest_only:  # skipped without building the backbone
             run.stage(f"{name} probes", RELATIVE_COST.get(name, 2.0) * views.seconds, list)
@@ -321,7 +321,8 @@ def fit_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *, b
     if full_ft != "never":
         run.stage("full fine-tune", 0.0 if full_ft == "always" else ft_full,
                   lambda: [full_finetune(backbone, pre, data.samples, parts, len(data.classes), seed=seed,
-                                         progress=progress, device=device)])
+                                         progress=progress, device=device,
+                                         deadline=None if full_ft == "always" else run.deadline())])
     return finish(data=data, parts=parts, candidates=run.candidates, skipped=run.skipped, rec=rec,
                   similarity=similarity, near=near, out=out, pre_of=lambda b: _preprocessing(b, crop), log=log,
                   budget=budget, announced=run.announced, export_model=export, run_key=key,
@@ -351,6 +352,11 @@ class _Runner:
             self.log(f"the pass alone does not fit the budget of {self.budget:g} s: this folder needs --budget "
                      f"{math.ceil(end)} or more for the probes and more for the other candidates; "
                      f"only the cheapest candidates ({backbone} probes) run")
+
+    def deadline(self) -> float:
+        """When a fine-tune must end (``time.perf_counter()``): the budget less the reserve for the
+        test, export and report; its epochs stop there (:class:`tlcourse.train.Deadline`)."""
+        return self.log.start + self.budget - RESERVE
 
     def stage(self, name: str, estimate: float, make: Callable[[], list[Candidate]]) -> None:
         path = self.saved / (name.replace(" ", "-") + ".pt")
