@@ -77,10 +77,12 @@ class Scale:
     test_per_class: int | None = 500    # test images per class (None: the whole test split)
     seeds_small: int = 5
     seeds_large: int = 3
-    max_epochs_small: int = 20
-    max_epochs_large: int = 3
-    patience_small: int = 3
-    patience_large: int = 1
+    max_epochs_small: int = 30
+    max_epochs_large: int = 10
+    patience_small: int = 4
+    patience_large: int = 2
+    scratch_warmup_epochs: int = 2      # from scratch: rates rise linearly over these epochs
+    scratch_extra_patience: int = 2     # from scratch: patience + this (random layers improve in fits and starts)
     batch_size: int = 32
     head_lr: float = 1e-3
     scratch_lr: float = 1e-3
@@ -99,16 +101,18 @@ class Scale:
         """The seeds of one size: 0, 1, ..."""
         return list(range(self.seeds_small if size_name == "small" else self.seeds_large))
 
-    def budget(self, size_name: str) -> tuple[int, int]:
-        """``(max_epochs, patience)`` of the trained strategies at one size."""
+    def budget(self, size_name: str, strategy: str = "full_ft") -> tuple[int, int]:
+        """``(max_epochs, patience)`` of a trained strategy at one size (scratch gets more patience)."""
+        extra = self.scratch_extra_patience if strategy == "scratch" else 0
         if size_name == "small":
-            return self.max_epochs_small, self.patience_small
-        return self.max_epochs_large, self.patience_large
+            return self.max_epochs_small, self.patience_small + extra
+        return self.max_epochs_large, self.patience_large + extra
 
 
 REFERENCE_SCALE = Scale()
 SMOKE_SCALE = Scale(size=64, small=4, large=8, val_per_class=4, test_per_class=8, seeds_small=1, seeds_large=1,
                     max_epochs_small=2, max_epochs_large=1, patience_small=1, patience_large=1, batch_size=8,
+                    scratch_warmup_epochs=1, scratch_extra_patience=0,
                     backbone_lrs=(1e-4, 1e-5), probe_cs=(0.1, 1.0))
 
 
@@ -317,7 +321,7 @@ def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str
     if strategy not in strategies.TRAINED:
         raise ValueError(f"{strategy!r} is not a trained strategy (partial_ft, full_ft, scratch)")
     model = models.build_backbone(scale.backbone, 2, pretrained=strategy != "scratch")
-    max_epochs, patience = scale.budget(size_name)
+    max_epochs, patience = scale.budget(size_name, strategy)
     budget = dict(max_epochs=max_epochs, patience=patience, batch_size=scale.batch_size, seed=seed, device=device)
     images = dict(train_data=(d["x"][idx], d["y"][idx]), val=(d["val_x"], d["val_y"]), test=(d["test_x"], d["test_y"]))
     if strategy == "partial_ft":
@@ -326,8 +330,9 @@ def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str
                                         backbone_lr=backbone_lr, head_lr=scale.head_lr, **budget)
     elif strategy == "full_ft":
         r = recipes.full_fine_tune(model, **images, backbone_lr=backbone_lr, head_lr=scale.head_lr, **budget)
-    else:  # no warm-up: the committed reference ran without one
-        r = recipes.from_scratch(model, **images, lr=scale.scratch_lr, warmup_epochs=0, **budget)
+    else:
+        r = recipes.from_scratch(model, **images, lr=scale.scratch_lr, warmup_epochs=scale.scratch_warmup_epochs,
+                                 **budget)
     history = [{"epoch": e["epoch"], "train_accuracy": e["train_acc"], "val_accuracy": e["val_acc"],
                 "val_loss": e["val_loss"]} for e in r.history.epochs]
     return dict(accuracy=r.accuracy, n_test=len(r.correct), correct=bits(r.correct),
