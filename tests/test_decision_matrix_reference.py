@@ -176,6 +176,14 @@ def test_smoke_run_writes_the_reference_format_and_resumes(tmp_path: Path):
     assert {p["stage"] for p in doc["stage_probes"]} == set(models.backbone_spec("efficientnet_lite0").stage_names)
 
 
+def test_one_domain_runs_only_its_own_subsets_and_the_seeds_stay_balanced():
+    both, one = dmr.plan(ref.REFERENCE_SCALE), dmr.plan(ref.REFERENCE_SCALE, ["dissimilar"])
+    assert one == [step for step in both if step[1] == "dissimilar"] and len(both) == 2 * len(one)
+    assert dmr.parse_args(["--domain", "similar"]).domain == "similar" and dmr.parse_args([]).domain is None
+    with pytest.raises(SystemExit):
+        dmr.parse_args(["--domain", "medical"])
+
+
 @pytest.mark.reference_data
 def test_the_committed_reference_run_has_the_textbook_scale():
     doc = decision_matrix.load_results(REFERENCE)

@@ -36,7 +36,9 @@ from tlcourse.experiments.matrix_reference import (
 from tlcourse.experiments.reference_runs import Runner, log, open_runner, reference_arguments, run_meta, timed
 from tlcourse.paths import shown
 
-__all__ = ["main", "parse_args", "plan", "write_reference"]
+__all__ = ["DOMAINS", "main", "parse_args", "plan", "write_reference"]
+
+DOMAINS = ("similar", "dissimilar")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -44,16 +46,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="The reference run of notebook 04's decision matrix, at the textbook's scale.")
     reference_arguments(p, "decision_matrix_reference", "04_decision_matrix_reference.json",
                         device="where every run trains and extracts (auto: the GPU when there is one)")
+    p.add_argument("--domain", choices=DOMAINS, default=None,
+                   help="run one domain only (two processes of one thread each share a 2-core CPU better than one "
+                        "process of two threads); a last call without it, once both are done, writes the complete result")
     return p.parse_args(argv)
 
 
-def plan(scale: Scale) -> list[tuple[str, str, int]]:
+def plan(scale: Scale, domains: Sequence[str] = DOMAINS) -> list[tuple[str, str, int]]:
     """(size, domain, seed) in run order: seed-major, so any prefix is a balanced matrix."""
     out = []
     for seed in range(max(scale.seeds_small, scale.seeds_large)):
         for size_name in ("small", "large"):
             if seed in scale.seeds(size_name):
-                out += [(size_name, domain, seed) for domain in ("similar", "dissimilar")]
+                out += [(size_name, domain, seed) for domain in domains]
     return out
 
 
@@ -73,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     log(f"scale: {scale_dict(scale)}; {len(runner.done)} runs already in {shown(runner.progress)}")
     domains = {}
-    for name in ("similar", "dissimilar"):
+    for name in [args.domain] if args.domain else DOMAINS:
         d, sec = timed(lambda n=name: load_domain(n, scale))
         _, sec2 = timed(lambda d=d: add_activations(d, scale, device=args.device))
         domains[name] = d
@@ -96,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"{lr:g}: {v[0]:.3f}" for lr, v in vals.items()) + ")")
 
     # 2. The matrix, seed-major.
-    steps = plan(scale)
+    steps = plan(scale, list(domains))
     for k, (size_name, domain, seed) in enumerate(steps):
         d, quadrant = domains[domain], f"{size_name}_{domain}"
         idx = d["subsets"][size_name, seed]
@@ -114,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"progress: {k + 1}/{len(steps)} subsets in {(time.time() - t0) / 60:.1f} min this session; "
             f"ETA {runner.eta(kinds)}")
         write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=False)
-    write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=True)
+    write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=args.domain is None)
     log(f"done: {shown(args.out)}")
     return 0
 
