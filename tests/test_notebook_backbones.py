@@ -27,7 +27,7 @@ CASES = [(p, "resnet18") for p in notebooks()]
 #: Smaller settings for these runs, which check that every cell executes with a classic backbone (random
 #: weights make accuracies meaningless): one seed, the smallest input sizes. Pinned, so the profile keeps them.
 SMOKE = {"02": dict(SEEDS=[0], IMAGE_SIZE=32, RES_SIZES=[32]), "06": dict(CROP=64),
-         "05": dict(SEEDS=1, CROP=96, TRAIN_PER_CLASS=30, FT_EPOCHS=2, BASELINE_EPOCHS=2)}
+         "05": dict(SEEDS=1, CROP=64, TRAIN_PER_CLASS=30, VAL_FRACTION=0.05, FT_EPOCHS=2, BASELINE_EPOCHS=2)}
 
 
 def _hub_with_random_weights(root: Path, names: list[str]) -> Path:
