@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# Without an NVIDIA GPU, torch's CPU build (no CUDA libraries) when its index is reachable;
 	@# pip's own configuration stays in force (scripts/torch_index.py; TLCOURSE_TORCH=cpu|cuda|local).
+	@# --no-compile: Python compiles the modules it imports on first use; pip would compile every file.
 	torch_args="$$($(BIN)/python scripts/torch_index.py)" && \
-		$(BIN)/python -m pip install --quiet -e '.[test]' $$torch_args
+		$(BIN)/python -m pip install --quiet --no-compile -e '.[test]' $$torch_args
 	@touch $(STAMP)
 	@echo "[setup] $$(date -u +%H:%M:%S) done"
 
