@@ -185,20 +185,6 @@ def test_the_widget_panel_follows_the_dropdown():
 
 # ---------------------------------------------------------------- the strategies themselves
 
-def test_each_training_strategy_trains_what_its_name_says():
-    from tlcourse.finetune import trainable_stages
-
-    partial = decision_matrix.build_for_strategy("partial_ft", 2, partial_stages=2)
-    assert trainable_stages(partial) == ["blocks.6", "head_conv"]
-    full = decision_matrix.build_for_strategy("full_ft", 2)
-    scratch = decision_matrix.build_for_strategy("scratch", 2)
-    assert len(trainable_stages(full)) == len(trainable_stages(scratch)) == 9
-    w_full, w_scratch = next(full.parameters()), next(scratch.parameters())
-    assert not torch.equal(w_full, w_scratch), "scratch starts from random weights, full_ft from ImageNet's"
-    with pytest.raises(ValueError):
-        decision_matrix.build_for_strategy("probe_last", 2)
-
-
 def test_summary_uses_the_sample_std_and_a_t_interval():
     rows = [dict(quadrant="small_similar", strategy="full_ft", seed=s, accuracy=a) for s, a in enumerate((0.6, 0.7, 0.8))]
     entry = decision_matrix.summarize(rows)["small_similar"]["full_ft"]

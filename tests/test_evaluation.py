@@ -14,15 +14,12 @@ import numpy as np
 import pytest
 
 from tlcourse.evaluation import (
-    Estimate,
-    PairedComparison,
     Split,
     accuracy_ci,
     compare,
     compare_seeds,
     describe,
     paired_comparison,
-    rank_table,
     seeds_ci,
     seeds_comparison,
     three_way_split,
@@ -221,22 +218,6 @@ def test_describe_formats() -> None:
     s = seeds_ci([0.90, 0.92, 0.94])
     assert describe("B", s) == (f"B: 92.0% (95% CI {100 * s.low:.1f} to {100 * s.high:.1f}, "
                                 "n=3 seeds, sd 2.0 points)")
-
-
-def test_rank_table() -> None:
-    best, mid = _pairs(170, 20, 2, 8)
-    _, low = _pairs(150, 5, 20, 25)
-    table = rank_table({"mid": mid, "best": best, "low": low[: len(best)]})
-    assert [r["variant"] for r in table] == ["best", "mid", "low"]
-    assert [r["rank"] for r in table] == [1, 2, 3]
-    top = accuracy_ci(best)
-    assert (table[0]["accuracy"], table[0]["ci_low"], table[0]["n"]) == (
-        round(100 * top.value, 1), round(100 * top.low, 1), 200)
-    assert table[0]["vs_best"] == "best" and table[1]["vs_best"].startswith("-9.0 (95% CI ")
-    ests = rank_table([("x", accuracy_ci(8, 10)), ("y", accuracy_ci(8, 10)), ("z", seeds_ci([0.9, 0.92]))])
-    assert [r["rank"] for r in ests] == [1, 2, 2] and all(r["vs_best"] is None for r in ests)
-    assert isinstance(ests[0], dict) and isinstance(accuracy_ci(1, 2), Estimate)
-    assert PairedComparison.__dataclass_fields__.keys() >= {"diff", "low", "high", "p_value", "n"}
 
 
 def test_verdict_needs_the_interval_and_the_test_to_agree():

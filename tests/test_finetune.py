@@ -20,7 +20,6 @@ from tlcourse.finetune import (
     GradualUnfreezing,
     bn_drift,
     bn_running_stats,
-    drift_by_stage,
     trainable_stages,
 )
 from tlcourse.models import freeze_backbone, param_groups, unfreeze
@@ -176,11 +175,6 @@ def test_bn_drift_is_in_units_of_the_old_standard_deviation():
     before = {"bn": {"running_mean": torch.zeros(2), "running_var": torch.tensor([4.0, 1.0])}}
     after = {"bn": {"running_mean": torch.tensor([1.0, -1.0]), "running_var": torch.ones(2)}}
     assert bn_drift(before, after, eps=0.0)["bn"] == pytest.approx((1 / 2 + 1 / 1) / 2)
-
-
-def test_drift_by_stage_averages_the_layers_of_each_stage(staged):
-    drift = {"stem.1": 0.2, "block1.1": 0.4, "block2.1": 0.0, "block10.1": 9.0}
-    assert drift_by_stage(staged, drift) == {"stem": 0.2, "block1": 0.4, "block2": 0.0}
 
 
 def test_bn_drift_needs_snapshots_of_the_same_layers(staged):

@@ -14,8 +14,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tlcourse.plots import confusion_matrix, denormalize, image_grid, training_curves
-from tlcourse.train import History
+from tlcourse.plots import confusion_matrix, denormalize, image_grid
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet statistics
 
@@ -73,36 +72,6 @@ def test_image_grid_accepts_pil_images_grayscale_and_explicit_titles():
     assert np.asarray(gray.axes[0].get_images()[0].get_array()).ndim == 2
     assert renders(gray)
 
-
-def history_records() -> list[dict]:
-    return [
-        {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.9, "val_acc": 0.6, "seconds": 1.0, "lr": 0.1},
-        {"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.8, "seconds": 1.0, "lr": 0.1},
-        {"epoch": 3, "train_loss": 0.3, "train_acc": 0.9, "val_loss": 0.7, "val_acc": 0.75, "seconds": 1.0, "lr": 0.1},
-    ]
-
-
-@pytest.mark.parametrize("as_history", [True, False], ids=["History", "list-of-dicts"])
-def test_training_curves_plots_train_and_val_loss_and_accuracy(as_history):
-    records = history_records()
-    fig = training_curves(History(records) if as_history else records)
-    ax_loss, ax_acc = fig.axes
-    assert (ax_loss.get_title(), ax_acc.get_title()) == ("Loss", "Accuracy")
-    assert [line.get_label() for line in ax_loss.get_lines()] == ["train", "val"]
-    assert list(ax_acc.get_lines()[1].get_ydata()) == [0.6, 0.8, 0.75]
-    best_marker = ax_acc.get_lines()[-1]
-    assert list(best_marker.get_xdata()) == [2, 2]  # dotted line at the best validation epoch
-    assert renders(fig)
-
-
-
-def test_training_curves_ticks_whole_epochs_only():
-    """Four epochs must not be labelled 1.0, 1.5, 2.0, ... (review D15)."""
-    fig = training_curves(history_records() + [dict(history_records()[-1], epoch=4)])
-    assert renders(fig)
-    for ax in fig.axes:
-        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-        assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 def test_confusion_matrix_annotates_row_normalised_cells():
     y_true = [0, 0, 0, 0, 1, 1, 2, 2]

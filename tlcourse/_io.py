@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DamagedFileError", "DiskWriteError", "atomic_copy", "atomic_path", "atomic_save",
-           "atomic_write", "atomic_write_text", "format_problem", "locked", "make_folder", "read_json", "read_npz",
+           "atomic_write", "atomic_write_text", "format_problem", "locked", "make_folder", "read_json",
            "read_or_explain", "read_torch", "remove_partial_files"]
 
 PARTIAL_SUFFIX = ".tmp"
@@ -309,14 +309,6 @@ def read_torch(path: Path, map_location: Any = "cpu") -> Any:
     import torch  # heavy: only the readers of tensors need it
 
     return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def read_npz(path: Path) -> dict[str, Any]:
-    """Every array of an ``.npz`` file, read now (a reader for :func:`read_or_explain`)."""
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as arrays:
-        return {key: arrays[key] for key in arrays.files}
 
 
 def format_problem(found: Any, expected: int, *, key: str = "format") -> str | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,7 @@ from statsmodels.stats.proportion import proportion_confint  # type: ignore[impo
 
 __all__ = [
     "MIN_SEEDS", "Estimate", "PairedComparison", "SeedComparison", "Split", "accuracy_ci", "compare",
-    "compare_seeds", "describe", "detectable_over_seeds", "detectable_paired", "measurable", "paired_comparison",
-    "rank_table", "seeds_ci", "seeds_comparison", "three_way_split", "verdict",
+    "compare_seeds", "describe", "detectable_over_seeds", "detectable_paired", "measurable", "paired_comparison", "seeds_ci", "seeds_comparison", "three_way_split", "verdict",
 ]
 
 #: The fewest training seeds an interval over seeds is computed from (two seeds give a t interval
@@ -406,33 +405,3 @@ def describe(name: str, estimate: Estimate) -> str:
 
 # --------------------------------------------------------------------------- tables
 
-def rank_table(rows: Mapping[str, Any] | Iterable[tuple[str, Any]],
-               level: float = 0.95) -> list[dict[str, Any]]:
-    """Variants ranked by test accuracy, as a list of dicts a notebook can show as a table.
-
-    Each value is an :class:`Estimate` or per-image correctness (then :func:`accuracy_ci` is
-    applied). Columns: rank (ties share a rank), variant, accuracy, ci_low, ci_high (percent, one
-    decimal), n, and ``vs_best``: when every row has per-image results on the same images, the
-    paired difference to the top row with its interval in points ("best" for the top row), else None.
-    """
-    items = list(rows.items()) if isinstance(rows, Mapping) else [tuple(r) for r in rows]
-    raw = {name: None if isinstance(v, Estimate) else _as_correct(v, name) for name, v in items}
-    ests = {name: v if isinstance(v, Estimate) else accuracy_ci(raw[name], level=level)
-            for name, v in items}
-    order = sorted(ests, key=lambda name: -ests[name].value)
-    sizes = {-1 if r is None else r.size for r in raw.values()}
-    paired = len(sizes) == 1 and -1 not in sizes
-    table: list[dict[str, Any]] = []
-    for i, name in enumerate(order):
-        e = ests[name]
-        rank = table[-1]["rank"] if table and e.value == ests[order[i - 1]].value else i + 1
-        vs_best = None
-        if paired and i == 0:
-            vs_best = "best"
-        elif paired:
-            c = paired_comparison(raw[name], raw[order[0]], level)
-            vs_best = f"{_pts(c.diff)} ({_level(level)} CI {_pts(c.low)} to {_pts(c.high)})"
-        table.append({"rank": rank, "variant": name, "accuracy": round(100 * e.value, 1),
-                      "ci_low": round(100 * e.low, 1), "ci_high": round(100 * e.high, 1),
-                      "n": e.n, "vs_best": vs_best})
-    return table

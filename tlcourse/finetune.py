@@ -31,7 +31,6 @@ __all__ = [
     "GradualUnfreezing",
     "bn_drift",
     "bn_running_stats",
-    "drift_by_stage",
     "trainable_stages",
 ]
 
@@ -159,15 +158,3 @@ def bn_drift(
     return drift
 
 
-def drift_by_stage(model: nn.Module, drift: Mapping[str, float]) -> dict[str, float]:
-    """Average :func:`bn_drift`'s per-layer values over each backbone stage, shallow to deep.
-
-    Stages without BatchNorm layers are left out; layers outside every stage (none in the
-    registry's backbones) are ignored.
-    """
-    out = {}
-    for stage, paths in backbone_spec(model).stages:
-        values = [v for name, v in drift.items() if any(name == p or name.startswith(p + ".") for p in paths)]
-        if values:
-            out[stage] = sum(values) / len(values)
-    return out

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-__all__ = ["confusion_matrix", "denormalize", "forest", "image_grid", "intervals", "training_curves"]
+__all__ = ["confusion_matrix", "denormalize", "forest", "image_grid", "intervals"]
 
 RIGHT_COLOR = "green"
 WRONG_COLOR = "red"
@@ -143,44 +142,6 @@ def _history_columns(history: Any) -> dict[str, list[Any]]:
     epochs = list(epochs)
     keys = list(epochs[0]) if epochs else []
     return {k: [e.get(k) for e in epochs] for k in keys}
-
-
-def training_curves(history: Any) -> Figure:
-    """Loss (left) and accuracy (right) per epoch, train and validation.
-
-    A widening gap between the train and validation curves is the picture of overfitting; the
-    best validation epoch is marked with a dotted line.
-
-    Args:
-        history: the ``History`` returned by ``tlcourse.train.fit``, a list of per-epoch dicts
-            with the keys ``epoch``, ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``
-            (missing series are skipped), or a dict of such lists.
-
-    Returns:
-        A figure with two axes, titled "Loss" and "Accuracy".
-    """
-    cols = _history_columns(history)
-    n = max((len(v) for v in cols.values()), default=0)
-    x = cols.get("epoch") or list(range(1, n + 1))
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, metric, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
-        for split, style in (("train", "-o"), ("val", "--s")):
-            values = cols.get(f"{split}_{metric}")
-            if values:
-                ax.plot(x, values, style, label=split, markersize=4)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.grid(alpha=0.3)
-    val_acc = cols.get("val_acc")
-    if val_acc:
-        best = int(np.argmax(val_acc))
-        ax_acc.axvline(x[best], color="gray", linestyle=":", label=f"best val {val_acc[best]:.3f}")
-    for ax in (ax_loss, ax_acc):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    return fig
 
 
 def confusion_matrix(

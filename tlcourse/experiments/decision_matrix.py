@@ -35,10 +35,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from torch import nn
 from torch.utils.data import Dataset
 
-from tlcourse import evaluation, models
+from tlcourse import evaluation
 from tlcourse._io import read_json, read_or_explain
 from tlcourse.data import datasets
 from tlcourse.experiments import matrix_reference as mr
@@ -79,22 +78,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Strategies
 # --------------------------------------------------------------------------------------------
-
-
-def build_for_strategy(strategy: str, num_classes: int, *, backbone: str = models.DEFAULT_BACKBONE,
-                       partial_stages: int = 3) -> nn.Module:
-    """The model a training strategy starts from, with the right parameters trainable.
-
-    ``partial_ft`` unfreezes the deepest ``partial_stages`` stages (and the head); ``full_ft``
-    and ``scratch`` train everything. ``scratch`` has random weights.
-    """
-    if strategy not in TRAINED:
-        raise ValueError(f"{strategy!r} does not train a network; trained strategies: {TRAINED}")
-    model = models.build_backbone(backbone, num_classes, pretrained=strategy != "scratch")
-    if strategy == "partial_ft":
-        models.freeze_backbone(model)
-        models.unfreeze(model, partial_stages)
-    return model
 
 
 # --------------------------------------------------------------------------------------------

@@ -166,25 +166,6 @@ def stage_activations(model: nn.Module, x: torch.Tensor, cut: str | None, batch_
 TopStages = recipes.TopStages
 
 
-def build_trained(strategy: str, scale: Scale, backbone_lr: float, num_classes: int = 2,
-                  ) -> tuple[nn.Module, nn.Module, list[dict[str, Any]]]:
-    """``(model, module to train, parameter groups)`` for ``partial_ft``, ``full_ft`` or ``scratch``, as
-    :func:`run_trained`'s recipes set them up (to inspect what trains, at which rate).
-
-    ``partial_ft``'s module is :class:`TopStages` (:func:`tlcourse.recipes.top_stages`: it trains on
-    cached activations); the others train the whole model. Pretrained layers get ``backbone_lr``,
-    the head ``scale.head_lr``; a network from scratch trains everything at ``scale.scratch_lr``.
-    """
-    if strategy not in strategies.TRAINED:
-        raise ValueError(f"{strategy!r} is not a trained strategy (partial_ft, full_ft, scratch)")
-    model = models.build_backbone(scale.backbone, num_classes, pretrained=strategy != "scratch")
-    if strategy == "scratch":
-        return model, model, [{"params": list(model.parameters()), "lr": scale.scratch_lr}]
-    if strategy == "partial_ft":
-        return model, *recipes.top_stages(model, cut_stage(scale), backbone_lr, scale.head_lr)
-    return model, model, models.param_groups(model, backbone_lr=backbone_lr, head_lr=scale.head_lr)
-
-
 def cut_stage(scale: Scale) -> str:
     """The deepest frozen stage of ``partial_ft`` (its output is what TopStages trains on)."""
     names = models.backbone_spec(scale.backbone).stage_names
