@@ -138,13 +138,15 @@ def write_reference(args: argparse.Namespace, argv: Sequence[str], scale: Scale,
         backbone_lr=chosen_lr, lr_sweep=sweep, cut_stage=cut_stage(scale), last_stage=last,
         skipped=runner.skipped, smoke=args.smoke,
         budget=("trained strategies: Adam, batch %d, random horizontal flips, early stopping on validation accuracy "
-                "(patience %d of at most %d epochs small, %d of %d large; from scratch %d more patience and a %d-epoch "
-                "linear warm-up), best-validation weights restored; head lr %g, pretrained layers at the rate chosen on "
-                "validation, scratch all at %g; probes: standardised logistic regression, C from %s chosen on "
-                "validation; probe_early = the best earlier stage on validation"
+                "(patience %d of at most %d epochs small, %d of %d large; from scratch a %d-epoch linear warm-up, "
+                "patience %d small and %d large, batch %d small), best-validation weights restored; head lr %g, "
+                "pretrained layers at the rate chosen on validation, scratch all at %g (%g small: 1e-3 was still "
+                "improving after 40 epochs in a trial on small & similar, seed 0); probes: standardised logistic "
+                "regression, C from %s chosen on validation; probe_early = the best earlier stage on validation"
                 % (scale.batch_size, scale.patience_small, scale.max_epochs_small, scale.patience_large,
-                   scale.max_epochs_large, scale.scratch_extra_patience, scale.scratch_warmup_epochs, scale.head_lr,
-                   scale.scratch_lr, list(scale.probe_cs))),
+                   scale.max_epochs_large, scale.scratch_warmup_epochs, scale.scratch_patience_small,
+                   scale.scratch_patience_large, scale.scratch_batch_small, scale.head_lr, scale.scratch_lr,
+                   scale.scratch_lr_small, list(scale.probe_cs))),
         data=("similar: CIFAR-10 %s (32 px upsampled to %d; validation carved from CIFAR's train split, test from "
               "its test split); dissimilar: PneumoniaMNIST, the course mirror's balanced copy (1214 training images "
               "per class; the official file has 1,214 normal and 3,494 pneumonia), 28 px upsampled to %d, validation "

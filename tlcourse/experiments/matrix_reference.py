@@ -82,7 +82,10 @@ class Scale:
     patience_small: int = 4
     patience_large: int = 2
     scratch_warmup_epochs: int = 2      # from scratch: rates rise linearly over these epochs
-    scratch_extra_patience: int = 2     # from scratch: patience + this (random layers improve in fits and starts)
+    scratch_patience_small: int = 10    # from scratch: a random network sits at chance for its first epochs
+    scratch_patience_large: int = 4
+    scratch_batch_small: int = 16       # from scratch on 40 images/class: 5 steps an epoch, not 3
+    scratch_lr_small: float = 3e-4      # ... at this rate (1e-3 was still creeping up at 40 epochs)
     batch_size: int = 32
     head_lr: float = 1e-3
     scratch_lr: float = 1e-3
@@ -103,16 +106,25 @@ class Scale:
 
     def budget(self, size_name: str, strategy: str = "full_ft") -> tuple[int, int]:
         """``(max_epochs, patience)`` of a trained strategy at one size (scratch gets more patience)."""
-        extra = self.scratch_extra_patience if strategy == "scratch" else 0
-        if size_name == "small":
-            return self.max_epochs_small, self.patience_small + extra
-        return self.max_epochs_large, self.patience_large + extra
+        small = size_name == "small"
+        if strategy == "scratch":
+            return (self.max_epochs_small, self.scratch_patience_small) if small else (
+                self.max_epochs_large, self.scratch_patience_large)
+        return (self.max_epochs_small, self.patience_small) if small else (self.max_epochs_large, self.patience_large)
+
+    def lr_scratch(self, size_name: str) -> float:
+        """The learning rate of training from scratch at one size."""
+        return self.scratch_lr_small if size_name == "small" else self.scratch_lr
+
+    def batch(self, size_name: str, strategy: str = "full_ft") -> int:
+        """The batch size of a trained strategy at one size (scratch on small data: smaller batches)."""
+        return self.scratch_batch_small if strategy == "scratch" and size_name == "small" else self.batch_size
 
 
 REFERENCE_SCALE = Scale()
 SMOKE_SCALE = Scale(size=64, small=4, large=8, val_per_class=4, test_per_class=8, seeds_small=1, seeds_large=1,
                     max_epochs_small=2, max_epochs_large=1, patience_small=1, patience_large=1, batch_size=8,
-                    scratch_warmup_epochs=1, scratch_extra_patience=0,
+                    scratch_warmup_epochs=1, scratch_patience_small=1, scratch_patience_large=1, scratch_batch_small=8,
                     backbone_lrs=(1e-4, 1e-5), probe_cs=(0.1, 1.0))
 
 
@@ -303,7 +315,8 @@ def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str
         raise ValueError(f"{strategy!r} is not a trained strategy (partial_ft, full_ft, scratch)")
     model = models.build_backbone(scale.backbone, 2, pretrained=strategy != "scratch")
     max_epochs, patience = scale.budget(size_name, strategy)
-    budget = dict(max_epochs=max_epochs, patience=patience, batch_size=scale.batch_size, seed=seed, device=device)
+    budget = dict(max_epochs=max_epochs, patience=patience, batch_size=scale.batch(size_name, strategy), seed=seed,
+                  device=device)
     images = dict(train_data=(d["x"][idx], d["y"][idx]), val=(d["val_x"], d["val_y"]), test=(d["test_x"], d["test_y"]))
     if strategy == "partial_ft":
         r = recipes.top_stage_fine_tune(model, cut_stage(scale), (d["maps"][idx], d["y"][idx]), (d["val_maps"], d["val_y"]),
@@ -312,7 +325,7 @@ def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str
     elif strategy == "full_ft":
         r = recipes.full_fine_tune(model, **images, backbone_lr=backbone_lr, head_lr=scale.head_lr, **budget)
     else:
-        r = recipes.from_scratch(model, **images, lr=scale.scratch_lr, warmup_epochs=scale.scratch_warmup_epochs,
+        r = recipes.from_scratch(model, **images, lr=scale.lr_scratch(size_name), warmup_epochs=scale.scratch_warmup_epochs,
                                  **budget)
     history = [{"epoch": e["epoch"], "train_accuracy": e["train_acc"], "val_accuracy": e["val_acc"],
                 "val_loss": e["val_loss"]} for e in r.history.epochs]
@@ -321,7 +334,7 @@ def run_trained(strategy: str, d: dict[str, Any], idx: list[int], size_name: str
                 patience=patience, stopped_on_plateau=r.stopped_early, val_accuracy=r.val_accuracy,
                 train_accuracy=history[r.best_epoch - 1]["train_accuracy"], collapsed=r.collapsed,
                 device=r.device, backbone_lr=None if strategy == "scratch" else backbone_lr,
-                lr=scale.scratch_lr if strategy == "scratch" else scale.head_lr,
+                lr=scale.lr_scratch(size_name) if strategy == "scratch" else scale.head_lr,
                 trainable=models.count_parameters(model), history=history)
 
 
