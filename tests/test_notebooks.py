@@ -380,3 +380,50 @@ def test_one_near_duplicate_standard_for_the_lessons_and_fit():
     other = [p.name for p in NOTEBOOKS if re.search(r"threshold=0\.\d", "".join(
         c.source for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code"))]
     assert not other, f"notebooks with a threshold of their own: {other}"
+
+
+def _notebook_function(prefix: str, name: str, namespace: dict) -> object:
+    """Define notebook ``prefix``'s inline ``def name`` in ``namespace`` and return it."""
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem.startswith(prefix)), as_version=4)
+    inline = next((f for c in nb.cells if c.cell_type == "code" for f in [_inline_function(c.source, name)] if f), None)
+    assert inline is not None, f"notebook {prefix} defines {name} inline"
+    exec(compile(inline, f"notebook {prefix}: {name}", "exec"), namespace)  # noqa: S102 - the course's own cell
+    return namespace[name]
+
+
+def test_notebook_05_writes_out_the_packages_grad_cam_and_probabilities():
+    """05 writes Grad-CAM and its probability helper out (its 25-name budget); they compute what
+    ``explain.gradcam`` and ``recipes.probabilities`` compute, on a small CNN in train mode."""
+    import torch
+    from torch import nn
+
+    from tlcourse import explain, recipes
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.randn(5, 3, 12, 12)
+    namespace = {"torch": torch, "nn": nn, "device": torch.device("cpu")}
+    cams = _notebook_function("05", "gradcam", namespace)(net.train(), x, "3")
+    expected, _ = explain.gradcam(net.train(), x, layer="3")
+    assert cams.shape == (5, 12, 12) and torch.allclose(cams, expected, atol=1e-6)
+    probs = _notebook_function("05", "proba", namespace)(net.train(), x, batch_size=2)
+    assert torch.allclose(probs, recipes.probabilities(net.train(), x, "cpu", batch_size=2), atol=1e-6)
+
+
+def test_notebook_03s_identical_files_groups_as_the_package_does(tmp_path):
+    """03 groups byte-identical files with a few lines of hashlib (05 writes the same loop inline);
+    ``data.find_duplicates`` is the package's version. Same groups on copies, near-copies and empty files."""
+    import hashlib
+
+    from tlcourse import data
+
+    files = {"a.jpg": b"one", "b.jpg": b"one", "c.jpg": b"two", "d.jpg": b"onE", "e.jpg": b"", "f.jpg": b"",
+             "sub/g.jpg": b"two", "h.jpg": b"three"}
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    paths = sorted(tmp_path / name for name in files)
+    identical_files = _notebook_function("03", "identical_files", {"hashlib": hashlib, "Path": Path})
+    assert identical_files(paths) == data.find_duplicates(paths) == [
+        [tmp_path / "a.jpg", tmp_path / "b.jpg"], [tmp_path / "c.jpg", tmp_path / "sub/g.jpg"]]
