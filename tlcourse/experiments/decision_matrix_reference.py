@@ -27,6 +27,7 @@ from tlcourse.experiments.matrix_reference import (
     Scale,
     add_activations,
     cut_stage,
+    dataset_name,
     load_domain,
     matrix_rows,
     run_probes,
@@ -77,23 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = open_runner(args, "decision_matrix_reference", _describe)
     t0 = time.time()
     log(f"scale: {scale_dict(scale)}; {len(runner.done)} runs already in {shown(runner.progress)}")
-    domains = {}
-    for name in [args.domain] if args.domain else DOMAINS:
-        d, sec = timed(lambda n=name: load_domain(n, scale))
-        _, sec2 = timed(lambda d=d: add_activations(d, scale, device=args.device))
-        domains[name] = d
-        log(f"{name}: {len(d['x'])} training-pool images, {len(d['val_y'])} validation, {len(d['test_y'])} test; "
-            f"decoded in {sec:.0f} s, activations in {sec2:.0f} s")
+    names = [args.domain] if args.domain else list(DOMAINS)
+    domains = _Domains(scale, args.device)  # decoded on first use: a finished run only rewrites its result
     last = models.backbone_spec(scale.backbone).stage_names[-1]
 
     # 1. The pretrained layers' learning rate, chosen once per domain on validation (partial_ft, large, seed 0).
     chosen_lr = {}
-    for name, d in domains.items():
-        idx = d["subsets"]["large", 0]
+    for name in names:
         vals = {}
         for lr in scale.backbone_lrs:
             row = runner.run(["sweep", name, lr], "sweep",
-                             partial(run_trained, "partial_ft", d, idx, "large", scale, 0, lr, device=args.device),
+                             lambda name=name, lr=lr: run_trained("partial_ft", domains[name],
+                                                                  domains[name]["subsets"]["large", 0], "large",
+                                                                  scale, 0, lr, device=args.device),
                              dict(kind="lr_sweep", domain=name, backbone_lr=lr))
             vals[lr] = (row["val_accuracy"], -abs(np.log10(lr) + 4)) if row else (-1, 0)
         chosen_lr[name] = max(vals, key=lambda lr: vals[lr])
@@ -101,18 +98,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"{lr:g}: {v[0]:.3f}" for lr, v in vals.items()) + ")")
 
     # 2. The matrix, seed-major.
-    steps = plan(scale, list(domains))
+    steps = plan(scale, names)
     for k, (size_name, domain, seed) in enumerate(steps):
-        d, quadrant = domains[domain], f"{size_name}_{domain}"
-        idx = d["subsets"][size_name, seed]
-        base = dict(kind="matrix", quadrant=quadrant, domain=domain, dataset=d["dataset"],
+        quadrant = f"{size_name}_{domain}"
+        base = dict(kind="matrix", quadrant=quadrant, domain=domain, dataset=dataset_name(domain, scale),
                     n_per_class=scale.n(size_name), seed=seed, size=scale.size)
-        runner.run(["probes", quadrant, seed], f"probes-{size_name}",
-                   partial(run_probes, d, idx, scale, seed), dict(base, kind="stage_probes"))
+
+        def job(strategy: str | None, domain: str = domain, size_name: str = size_name, seed: int = seed
+                ) -> dict[str, Any]:
+            d = domains[domain]
+            idx = d["subsets"][size_name, seed]
+            if strategy is None:
+                return run_probes(d, idx, scale, seed)
+            return run_trained(strategy, d, idx, size_name, scale, seed, chosen_lr[domain], device=args.device)
+
+        runner.run(["probes", quadrant, seed], f"probes-{size_name}", partial(job, None), dict(base, kind="stage_probes"))
         for strategy in strategies.TRAINED:
-            runner.run([strategy, quadrant, seed], f"{strategy}-{quadrant}",
-                       partial(run_trained, strategy, d, idx, size_name, scale, seed, chosen_lr[domain],
-                               device=args.device),
+            runner.run([strategy, quadrant, seed], f"{strategy}-{quadrant}", partial(job, strategy),
                        dict(base, strategy=strategy))
         kinds = [kind for s, dom, _ in steps[k + 1:]
                  for kind in [f"probes-{s}"] + [f"{t}-{s}_{dom}" for t in strategies.TRAINED]]
@@ -122,6 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=args.domain is None)
     log(f"done: {shown(args.out)}")
     return 0
+
+
+class _Domains(dict):
+    """``{domain: decoded images, subsets and activations}``, each loaded on first use."""
+
+    def __init__(self, scale: Scale, device: str) -> None:
+        super().__init__()
+        self.scale, self.device = scale, device
+
+    def __missing__(self, name: str) -> dict[str, Any]:
+        d, sec = timed(lambda: load_domain(name, self.scale))
+        _, sec2 = timed(lambda: add_activations(d, self.scale, device=self.device))
+        log(f"{name}: {len(d['x'])} training-pool images, {len(d['val_y'])} validation, {len(d['test_y'])} test; "
+            f"decoded in {sec:.0f} s, activations in {sec2:.0f} s")
+        self[name] = d
+        return d
 
 
 def write_reference(args: argparse.Namespace, argv: Sequence[str], scale: Scale, runner: Runner,

@@ -242,6 +242,11 @@ def pick(labels: list[int], n_per_class: int | None, seed: int) -> list[int]:
     return data.stratified_subset(labels, n_per_class, seed)
 
 
+def dataset_name(name: str, scale: Scale) -> str:
+    """How rows name a domain's dataset: ``"CIFAR-10 deer/horse"`` or PneumoniaMNIST's mirror copy."""
+    return "CIFAR-10 " + "/".join(scale.similar_classes) if name == "similar" else "PneumoniaMNIST (mirror's balanced copy)"
+
+
 def load_domain(name: str, scale: Scale) -> dict[str, Any]:
     """Decode, upsample and normalise one domain's training pool, validation and test images.
 
@@ -257,7 +262,6 @@ def load_domain(name: str, scale: Scale) -> dict[str, Any]:
         val_idx, val_y = [tr_idx[i] for i in val_pos], [tr_y[i] for i in val_pos]
         tr_idx, tr_y = [tr_idx[i] for i in rest], [tr_y[i] for i in rest]
         val_ds = train
-        dataset = "CIFAR-10 " + "/".join(classes)
         te_idx, te_y = two_classes(test, classes)
     else:
         train, val_ds, test = (data.medmnist("pneumoniamnist", s) for s in ("train", "val", "test"))
@@ -266,7 +270,6 @@ def load_domain(name: str, scale: Scale) -> dict[str, Any]:
         v_idx, v_y = two_classes(val_ds, classes)
         val_pos = pick(v_y, scale.val_per_class, 10_000)
         val_idx, val_y = [v_idx[i] for i in val_pos], [v_y[i] for i in val_pos]
-        dataset = "PneumoniaMNIST (mirror's balanced copy)"
         te_idx, te_y = two_classes(test, classes)
     subsets = {}
     for size_name in ("small", "large"):
@@ -278,7 +281,7 @@ def load_domain(name: str, scale: Scale) -> dict[str, Any]:
     pre = models.backbone_spec(scale.backbone).preprocessing()
     prep = lambda ds, idx: to_inputs(data.load_images(ds, idx)[0], scale.size, pre.mean, pre.std)  # noqa: E731
     return dict(
-        name=name, dataset=dataset, classes=classes, available_per_class=np.bincount(tr_y).tolist(),
+        name=name, dataset=dataset_name(name, scale), classes=classes, available_per_class=np.bincount(tr_y).tolist(),
         x=prep(train, [tr_idx[i] for i in pool]), y=torch.tensor([tr_y[i] for i in pool]),
         val_x=prep(val_ds, val_idx), val_y=torch.tensor(val_y),
         test_x=prep(test, [te_idx[i] for i in te_pos]), test_y=torch.tensor([te_y[i] for i in te_pos]),
