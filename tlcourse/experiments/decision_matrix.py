@@ -18,7 +18,7 @@ The experiment itself runs in :mod:`tlcourse.experiments.matrix_reference` (note
 reference script): probes on cached features, and the three trained strategies through
 :func:`tlcourse.recipes.train`. This module holds the results: plain rows
 (``quadrant, strategy, seed, accuracy, ...``) saved as JSON and CSV, summarised over seeds with
-intervals, compared with the textbook's advice, and drawn by :func:`plot_matrix` without training
+intervals, compared with the textbook's advice, and turned into rows for figures (:func:`difference_rows`, :func:`shift_rows`) without training
 anything.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import textwrap
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from tlcourse import evaluation
@@ -49,8 +47,6 @@ from tlcourse.strategies import (
     STRATEGY_LABELS,
     TEXTBOOK,
     TRAINED,
-    agrees_with_textbook,
-    quadrant_title,
 )
 
 __all__ = [
@@ -61,7 +57,6 @@ __all__ = [
     "STRATEGY_LABELS",
     "TEXTBOOK",
     "load_results",
-    "plot_matrix",
     "save_results",
     "capped_runs",
     "course_datasets",
@@ -346,52 +341,3 @@ BAR_COLOR = "tab:blue"
 SCRATCH_COLOR = "0.6"
 
 
-def plot_matrix(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
-    """The 2x2 panel: per quadrant, every strategy's accuracy (mean, seeds as dots, +-1 sample std).
-
-    ``results`` is what :func:`load_results` returns (or just its rows). The measured winner is
-    orange; the strategies the textbook recommends for that quadrant are marked with a star, and
-    each panel's title carries its :func:`textbook_verdict`.
-    Small datasets are on the left, similar ones on top, as the matrix is usually drawn.
-    """
-    rows = results["rows"] if isinstance(results, Mapping) else list(results)
-    meta = results.get("meta", {}) if isinstance(results, Mapping) else {}
-    summary = summarize(rows)
-    best = winners(summary)
-    info = {}
-    for row in rows:
-        info.setdefault(row["quadrant"], (row.get("dataset", ""), row.get("n_per_class", "")))
-    fig = Figure(figsize=(11, 7.4))
-    axes = fig.subplots(2, 2, sharex=True)
-    for ax, quadrant in zip(axes.flat, QUADRANTS):
-        table = summary.get(quadrant)
-        if not table:
-            ax.set_axis_off()
-            ax.set_title(f"{quadrant_title(quadrant)}: not measured")
-            continue
-        names = [s for s in table if table[s]["n"]]  # a strategy whose every run collapsed has no bar
-        y = np.arange(len(names))[::-1]
-        means = np.array([table[s]["mean"] for s in names])
-        stds = np.nan_to_num(np.array([table[s]["std"] for s in names]))  # one seed: no whisker
-        colors = [WIN_COLOR if s == best[quadrant] else SCRATCH_COLOR if s == "scratch" else BAR_COLOR for s in names]
-        ax.barh(y, means, xerr=stds, color=colors, alpha=0.85, capsize=3)
-        for yi, s in zip(y, names):
-            vals = table[s]["values"]
-            ax.plot(vals, [yi] * len(vals), "k.", ms=4)
-            ax.text(0.01, yi, f"{table[s]['mean']:.0%}", va="center", ha="left", color="white", fontsize=8,
-                    fontweight="bold")
-        labels = [("★ " if agrees_with_textbook(quadrant, s) else "") + STRATEGY_LABELS.get(s, s) for s in names]
-        ax.set_yticks(y, labels, fontsize=8)
-        dataset, n = info[quadrant]
-        ax.set_title(f"{quadrant_title(quadrant)}: {dataset}, {n}/class\n"
-                     + textwrap.fill(textbook_verdict(quadrant, table)[1], 80), fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.axvline(0.5, color="0.8", lw=0.8, ls=":")
-    for ax in axes[1]:
-        ax.set_xlabel("test accuracy")
-    seeds = meta.get("seeds")
-    fig.suptitle(title or f"The decision matrix, measured ({meta.get('backbone', '')}, "
-                 f"{meta.get('size', '?')} px{', seeds: ' + str(seeds) if seeds else ''}); orange = winner",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
