@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import nbformat
 import pytest
-from headless_chromium import Chromium, find_chromium
+from headless_chromium import Chromium, open_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "site-screenshots"
@@ -48,11 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no Chromium (Debian: apt-get install chromium)")
-    with Chromium(binary) as chromium:
-        yield chromium
+    yield from open_chromium("the documentation site")
 
 
 class _Links(HTMLParser):
