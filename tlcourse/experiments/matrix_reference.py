@@ -84,6 +84,8 @@ class Scale:
     scratch_warmup_epochs: int = 2      # from scratch: rates rise linearly over these epochs
     scratch_patience_small: int = 10    # from scratch: a random network sits at chance for its first epochs
     scratch_patience_large: int = 4
+    scratch_max_epochs_small: int = 60  # ... and improves for longer (capped at 30 and 10 in a first rerun)
+    scratch_max_epochs_large: int = 20
     scratch_batch_small: int = 16       # from scratch on 40 images/class: 5 steps an epoch, not 3
     scratch_lr_small: float = 3e-4      # ... at this rate (1e-3 was still creeping up at 40 epochs)
     batch_size: int = 32
@@ -108,8 +110,8 @@ class Scale:
         """``(max_epochs, patience)`` of a trained strategy at one size (scratch gets more patience)."""
         small = size_name == "small"
         if strategy == "scratch":
-            return (self.max_epochs_small, self.scratch_patience_small) if small else (
-                self.max_epochs_large, self.scratch_patience_large)
+            return (self.scratch_max_epochs_small, self.scratch_patience_small) if small else (
+                self.scratch_max_epochs_large, self.scratch_patience_large)
         return (self.max_epochs_small, self.patience_small) if small else (self.max_epochs_large, self.patience_large)
 
     def lr_scratch(self, size_name: str) -> float:
@@ -125,6 +127,7 @@ REFERENCE_SCALE = Scale()
 SMOKE_SCALE = Scale(size=64, small=4, large=8, val_per_class=4, test_per_class=8, seeds_small=1, seeds_large=1,
                     max_epochs_small=2, max_epochs_large=1, patience_small=1, patience_large=1, batch_size=8,
                     scratch_warmup_epochs=1, scratch_patience_small=1, scratch_patience_large=1, scratch_batch_small=8,
+                    scratch_max_epochs_small=2, scratch_max_epochs_large=1,
                     backbone_lrs=(1e-4, 1e-5), probe_cs=(0.1, 1.0))
 
 
