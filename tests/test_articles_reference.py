@@ -172,6 +172,8 @@ def test_the_committed_result_has_three_seeds_per_recipe_and_current_claims():
     assert {recipe for recipe, _ in seeds} == ARTICLES
     if meta["complete"]:
         assert all(len(s) >= 3 for s in seeds.values()), seeds
+    assert doc["reference_04"] == art.reference_04(), \
+        "04's reference run changed since: python scripts/articles_reference.py --claims-only"
     assert doc["claims"] == art.claims_table(doc), "stale table: python scripts/articles_reference.py --claims-only"
     assert claims.committed_claims("05") == [r for r in doc["claims"] if r["lesson"] == "05"]
     table = list(csv.DictReader(io.StringIO(results_file("articles_reference.csv").read_text())))
