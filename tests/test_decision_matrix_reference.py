@@ -170,6 +170,7 @@ def test_smoke_run_writes_the_reference_format_and_resumes(tmp_path: Path):
 def test_one_domain_runs_only_its_own_subsets_and_the_seeds_stay_balanced():
     both, one = dmr.plan(ref.REFERENCE_SCALE), dmr.plan(ref.REFERENCE_SCALE, ["dissimilar"])
     assert one == [step for step in both if step[1] == "dissimilar"] and len(both) == 2 * len(one)
+    assert dmr.plan(ref.REFERENCE_SCALE, ["similar"], [3, 4]) == [("small", "similar", 3), ("small", "similar", 4)]
     assert dmr.parse_args(["--domain", "similar"]).domain == "similar" and dmr.parse_args([]).domain is None
     with pytest.raises(SystemExit):
         dmr.parse_args(["--domain", "medical"])

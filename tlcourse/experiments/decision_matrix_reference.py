@@ -50,13 +50,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--domain", choices=DOMAINS, default=None,
                    help="run one domain only (two processes of one thread each share a 2-core CPU better than one "
                         "process of two threads); a last call without it, once both are done, writes the complete result")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="run these seeds only (another process can take the others; the lr sweep needs seed 0's "
+                        "process or a finished sweep)")
     return p.parse_args(argv)
 
 
-def plan(scale: Scale, domains: Sequence[str] = DOMAINS) -> list[tuple[str, str, int]]:
-    """(size, domain, seed) in run order: seed-major, so any prefix is a balanced matrix."""
+def plan(scale: Scale, domains: Sequence[str] = DOMAINS, seeds: Sequence[int] | None = None
+         ) -> list[tuple[str, str, int]]:
+    """(size, domain, seed) in run order: seed-major, so any prefix is a balanced matrix (``seeds``: only these)."""
     out = []
-    for seed in range(max(scale.seeds_small, scale.seeds_large)):
+    for seed in seeds if seeds is not None else range(max(scale.seeds_small, scale.seeds_large)):
         for size_name in ("small", "large"):
             if seed in scale.seeds(size_name):
                 out += [(size_name, domain, seed) for domain in domains]
@@ -98,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"{lr:g}: {v[0]:.3f}" for lr, v in vals.items()) + ")")
 
     # 2. The matrix, seed-major.
-    steps = plan(scale, names)
+    steps = plan(scale, names, args.seeds)
     for k, (size_name, domain, seed) in enumerate(steps):
         quadrant = f"{size_name}_{domain}"
         base = dict(kind="matrix", quadrant=quadrant, domain=domain, dataset=dataset_name(domain, scale),
@@ -121,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"progress: {k + 1}/{len(steps)} subsets in {(time.time() - t0) / 60:.1f} min this session; "
             f"ETA {runner.eta(kinds)}")
         write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=False)
-    write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=args.domain is None)
+    whole = args.domain is None and args.seeds is None
+    write_reference(args, argv, scale, runner, chosen_lr, last, time.time() - t0, complete=whole)
     log(f"done: {shown(args.out)}")
     return 0
 
