@@ -134,6 +134,8 @@ def test_random_weights_and_the_medical_claim_follow_the_numbers():
     assert _row(rows, "003", "medical")["verdict"].startswith("contradicted")
     worse = art.claims_table(_doc(scratch=(0.95, 0.96, 0.97)))
     assert _row(worse, "003", "medical")["verdict"].startswith("partly supported")
+    tied = art.claims_table(_doc(scratch=(0.80, 0.86, 0.88)))  # within noise of every fine-tune
+    assert _row(tied, "003", "medical")["verdict"].startswith("not settled")
 
 
 def test_the_size_line_reports_where_the_curve_stops_rising():

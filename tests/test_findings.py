@@ -36,10 +36,12 @@ def test_every_quadrant_has_its_findings_and_each_says_what_to_do(found):
 
 
 def test_a_matrix_finding_is_the_seed_comparison_of_its_rows(found, matrix_doc):
-    table = decision_matrix.summarize(matrix_doc["rows"])["large_similar"]
-    c = evaluation.seeds_comparison(table["partial_ft"]["values"], table["probe_early"]["values"])
-    f = found["matrix.large_similar"]
-    assert (f.effect, f.low, f.high) == (round(100 * c.diff, 1), round(100 * c.low, 1), round(100 * c.high, 1))
+    for quadrant, table in decision_matrix.summarize(matrix_doc["rows"]).items():
+        f = found[f"matrix.{quadrant}"]
+        ours, rival = f.compared
+        assert ours in TEXTBOOK[quadrant].strategies and rival not in TEXTBOOK[quadrant].strategies
+        c = evaluation.seeds_comparison(table[ours]["values"], table[rival]["values"])
+        assert (f.effect, f.low, f.high) == (round(100 * c.diff, 1), round(100 * c.low, 1), round(100 * c.high, 1))
 
 
 def test_a_finding_follows_its_evidence_when_a_number_changes(matrix_doc, tmp_path):
@@ -52,7 +54,12 @@ def test_a_finding_follows_its_evidence_when_a_number_changes(matrix_doc, tmp_pa
 
 
 def test_scratch_runs_at_chance_are_counted_never_scored(found, matrix_doc):
-    f = found["scratch.small_dissimilar"]  # every seed at exactly 50% in the reference run
+    assert all(found[f"scratch.{q}"].effect is not None for q in QUADRANTS)  # the reference's scratch trained
+    doc = copy.deepcopy(matrix_doc)
+    for row in doc["rows"]:  # a scratch recipe that predicts one class on every seed
+        if row["quadrant"] == "small_dissimilar" and row["strategy"] == "scratch":
+            row.update(accuracy=0.5, val_accuracy=0.5, collapsed=True)
+    f = {f.id: f for f in findings.matrix_findings(doc, "edited")}["scratch.small_dissimilar"]
     assert f.effect is None and not f.measurable and "chance" in f.verdict and "50%" in f.do
 
 
