@@ -240,3 +240,12 @@ def test_the_normalisation_finding_is_notebook_01s_committed_result():
                       for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"{f.effect:.1f} points" in printed and f"{f.low:.1f} to {f.high:.1f}" in printed, \
         "the committed evidence file and notebook 01's committed outputs must be the same run"
+
+
+def test_the_shift_finding_says_when_the_validation_choice_lost_on_test(matrix_doc):
+    doc = copy.deepcopy(matrix_doc)
+    for row in doc["rows"]:  # validation favours probe_last, whose test score drops by 20 points
+        if row["quadrant"] == "small_dissimilar" and row["strategy"] == "probe_last":
+            row["val_accuracy"], row["accuracy"] = 1.0, row["accuracy"] - 0.2
+    f = {f.id: f for f in findings.shift_findings(doc, "edited")}["shift.pneumoniamnist"]
+    assert "measurably behind it in 1 of the other" in f.do

@@ -203,12 +203,20 @@ def shift_findings(doc: Mapping[str, Any], source: str) -> list[Finding]:
         # Does the validation choice pick the test's best in each quadrant all the same?
         same = [q for q in quadrants if max((s for qq, s in cells if qq == q), key=lambda s: summary[q][s]["val_mean"])
                 == max((s for qq, s in cells if qq == q), key=lambda s: summary[q][s]["mean"])]
+        behind = 0  # quadrants where the validation choice is measurably behind the test's best
+        for q in (q for q in quadrants if q not in same):
+            mine = [s for qq, s in cells if qq == q]
+            by_val, by_test = (max(mine, key=lambda s, k=k: summary[q][s][k]) for k in ("val_mean", "mean"))
+            behind += _measurable(_compare(summary[q][by_test]["values"], summary[q][by_val]["values"]))
+        missed = len(quadrants) - len(same)
+        picked = (f"the validation choice was also the test's best in {len(same)} of {len(quadrants)} quadrants"
+                  + (f", and measurably behind it in {behind} of the other {missed}" if behind else
+                     f", and within noise of it in the other {missed}" if missed else ""))
         lo, hi = sorted((100 * min(v - t for v, t in zip(val, test)), 100 * max(v - t for v, t in zip(val, test))))
         if _measurable(c) and c.diff > 0:
             do = (f"On {dataset}, validation accuracy ran {100 * c.diff:.1f} points above test (95% CI "
                   f"{100 * c.low:.1f} to {100 * c.high:.1f}; {lo:.1f} to {hi:.1f} across strategies): keep choosing on "
-                  f"validation (the validation choice was also the test's best in {len(same)} of {len(quadrants)} "
-                  "quadrants), expect the test score to be lower, report only the test score, and where you can, "
+                  f"validation ({picked}), expect the test score to be lower, report only the test score, and where you can, "
                   "draw the validation images the way the test images were drawn.")
         elif _measurable(c):
             do = (f"On {dataset}, validation accuracy ran {-100 * c.diff:.1f} points below test: validation "

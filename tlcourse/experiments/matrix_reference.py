@@ -10,8 +10,9 @@ makes it fair:
   epochs) and keeps its best-validation weights; each row says how many epochs it used and whether
   it stopped on a plateau or ran into the maximum;
 * the pretrained layers' learning rate is chosen once on validation (:func:`run_trained` with
-  ``partial_ft`` over ``Scale.backbone_lrs``), not on test; the new head trains at 1e-3, a network
-  from scratch at 1e-3;
+  ``partial_ft`` over ``Scale.backbone_lrs``), not on test; the new head trains at 1e-3; a network
+  from scratch warms up over 2 epochs to 1e-3 (3e-4 at batch 16 on the small quadrants), with more
+  patience and a larger cap than a fine-tune;
 * the probes' regularisation ``C`` is chosen on validation, and ``probe_early`` is the best
   earlier stage on validation (every stage is probed and kept, for the layer-wise picture);
 * all trained strategies see the same augmentation, random horizontal flips. That is what makes
