@@ -26,9 +26,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# Without an NVIDIA GPU, torch's CPU build (no CUDA libraries) when its index is reachable;
 	@# pip's own configuration stays in force (scripts/torch_index.py; TLCOURSE_TORCH=cpu|cuda|local).
-	@# --no-compile: Python compiles the modules it imports on first use; pip would compile every file.
+	@# Bytecode is compiled once, on every core (pip compiles file by file): a machine that sets
+	@# PYTHONDONTWRITEBYTECODE never caches it, and each kernel and test process would recompile torch.
 	torch_args="$$($(BIN)/python scripts/torch_index.py)" && \
 		$(BIN)/python -m pip install --quiet --no-compile -e '.[test]' $$torch_args
+	@# (a few files written for newer Pythons do not compile; pip skips them too, hence || true)
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib tlcourse >/dev/null 2>&1 || true
 	@touch $(STAMP)
 	@echo "[setup] $$(date -u +%H:%M:%S) done"
 
