@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import io
+import os
 import socket
 import threading
 import zipfile
@@ -184,3 +185,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Run the longest files first; the order inside each file stays as written."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
+
+
+@pytest.fixture
+def shared_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One ``TLCOURSE_CACHE_DIR`` for every notebook run of this pytest session, its xdist workers
+    included. Each run keeps its own build folder (metrics, checkpoints); the feature, activation
+    and ONNX caches are keyed by everything they depend on, so a frozen pass that several runs
+    make (05's near-duplicate standard on EfficientNet-Lite0) is computed once per session.
+    A new session starts empty: nothing from an earlier run can stand in for this one's."""
+    base = tmp_path_factory.getbasetemp()
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: popen-gwN's parent
+    cache = session / "shared-cache"
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("TLCOURSE_CACHE_DIR", str(cache))
+    return cache

@@ -96,3 +96,10 @@ def test_the_parameters_cell_holds_the_default_values_and_a_profile_says_what_it
     assert course.setup("ci", profiles, pinned, device="cpu", threads=1, quiet=True).cfg == {"EPOCHS": 7, "SEEDS": [0, 1, 2]}
     with pytest.raises(ValueError, match="default, ci, gpu"):
         course.setup("huge", profiles, cell, device="cpu", threads=1)
+
+
+def test_a_lessons_folder_is_created_under_the_build_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
+    lesson = course.setup("default", {}, {"EPOCHS": 2}, device="cpu", threads=1, quiet=True)
+    folder = lesson.folder("05_alien_vs_predator")
+    assert folder == (tmp_path / "build" / "05_alien_vs_predator").resolve() and folder.is_dir()

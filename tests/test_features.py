@@ -184,6 +184,21 @@ def test_a_cache_hit_returns_identical_tensors_without_running_the_model(folder:
     assert not list((tmp_path / "cache").glob("*.tmp")), "no temporary files are left behind"
 
 
+def test_the_caches_live_where_tlcourse_cache_dir_says_and_the_build_folder_otherwise(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The notebook tests give each run its own build folder and one shared cache folder."""
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.delenv("TLCOURSE_CACHE_DIR", raising=False)
+    model = make_tiny()
+    default = F.cached_features(model, image_folder(folder), progress=False, engine=EAGER)
+    assert default.path.is_relative_to(tmp_path / "build" / "features")
+    monkeypatch.setenv("TLCOURSE_CACHE_DIR", str(tmp_path / "shared"))
+    moved = F.cached_features(model, image_folder(folder), progress=False, engine=EAGER)
+    assert not moved.hit and moved.path.is_relative_to(tmp_path / "shared" / "features")
+    monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "another-build"))  # another run, the same cache
+    assert F.cached_features(model, image_folder(folder), progress=False, engine=EAGER).hit
+
+
 def _change_weights(model, root):
     with torch.no_grad():
         model.conv_stem.weight[0, 0, 0, 0] += 0.5

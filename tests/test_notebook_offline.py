@@ -18,7 +18,8 @@ from tlcourse.courseware.course import execute_notebook, notebooks
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", notebooks(), ids=[p.stem for p in notebooks()])
 def test_offline_without_weights_the_first_model_cell_names_the_ways_out(path: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch):
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        shared_cache: Path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
     with pytest.raises(papermill.PapermillExecutionError) as failure:

@@ -2,8 +2,8 @@
 
 Random weights under torchvision's file name, as in ``test_notebook_backbones.py``. VGG-19 costs
 about 13 times ResNet-18's arithmetic per image, so this run uses the same smoke setting of the ci
-profile as the ResNet-18 run of 05 (``SMOKE["05"]``: one seed, 64 px, 30 training images per class, 5%
-of the pool for validation, 2 epochs; VGG-19's last feature map is then 2x2 px): it checks that every cell executes and the record has its structure, not accuracy. A file of its own, so pytest-xdist runs it beside the
+profile as the ResNet-18 run of 05 (``SMOKE["05"]``: one seed, 32 px, 30 training images per class, 5%
+of the pool for validation, 2 epochs; VGG-19's last feature map is then 1x1 px): it checks that every cell executes and the record has its structure, not accuracy. A file of its own, so pytest-xdist runs it beside the
 other notebook runs.
 """
 
@@ -18,6 +18,6 @@ from tlcourse.courseware.course import notebooks
 
 
 @pytest.mark.notebook
-def test_notebook_05_runs_the_vgg19_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_notebook_05_runs_the_vgg19_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path):
     path = next(p for p in notebooks() if p.stem.startswith("05"))
     run_with_backbone(path, "vgg19", tmp_path, monkeypatch, **SMOKE["05"])

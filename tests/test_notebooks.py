@@ -88,11 +88,12 @@ def test_committed_outputs_come_from_one_clean_run(path: Path):
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_runs_in_ci_profile_and_meets_its_thresholds(
-    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path
 ):
-    # A build folder of its own (metrics, feature caches, checkpoints), inherited by the kernel:
-    # only this run's results count, and another pytest-xdist worker may run the same notebook
-    # at the same time (with another backbone). Datasets in data/ are shared (extraction is atomic).
+    # A build folder of its own (metrics, checkpoints), inherited by the kernel: only this run's
+    # results count, and another pytest-xdist worker may run the same notebook at the same time
+    # (with another backbone). Datasets in data/ are shared (extraction is atomic), and so are the
+    # content-keyed caches (``shared_cache``).
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
     metrics_file = metrics_path(path.stem)
     assert metrics_file.is_relative_to(tmp_path.resolve())

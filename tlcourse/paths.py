@@ -9,6 +9,8 @@ the package somewhere else without editing code:
 ``TLCOURSE_ROOT``        the project root (default: the folder above this package)
 ``TLCOURSE_DATA_DIR``    the first place datasets are looked for (default: ``<root>/data``)
 ``TLCOURSE_BUILD_DIR``   where executed notebooks, metrics and renders go (default: ``<root>/build``)
+``TLCOURSE_CACHE_DIR``   where the feature, activation and ONNX caches go (default: the build folder);
+                         their files are keyed by everything they depend on, so runs can share them
 ``TLCOURSE_MIRROR``      a folder that mirrors the course's dataset files (an instructor's USB
                          stick, a classroom share, ``../shared/datasets`` in CI); unset by default
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["MIRROR_ENV", "build_dir", "data_dir", "mirror_dir", "project_root", "shown"]
+__all__ = ["MIRROR_ENV", "build_dir", "cache_dir", "data_dir", "mirror_dir", "project_root", "shown"]
 
 MIRROR_ENV = "TLCOURSE_MIRROR"
 
@@ -45,6 +47,14 @@ def build_dir() -> Path:
     """Where generated files go (``$TLCOURSE_BUILD_DIR`` or ``<root>/build``)."""
     env = os.environ.get("TLCOURSE_BUILD_DIR")
     return Path(env).expanduser().resolve() if env else project_root() / "build"
+
+
+def cache_dir() -> Path:
+    """Where the caches go (``$TLCOURSE_CACHE_DIR`` or :func:`build_dir`): ``features/``,
+    ``activations/`` and ``onnx/``. Entries are keyed by their content, so one folder can serve
+    several runs that each keep their own build folder (the notebook tests do)."""
+    env = os.environ.get("TLCOURSE_CACHE_DIR")
+    return Path(env).expanduser().resolve() if env else build_dir()
 
 
 def mirror_dir() -> Path | None:

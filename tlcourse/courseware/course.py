@@ -46,6 +46,12 @@ class Lesson:
     def device(self) -> torch.device:
         return self.settings.device
 
+    def folder(self, name: str) -> Path:
+        """``build/<name>`` (or under ``$TLCOURSE_BUILD_DIR``), created: where the lesson writes its files."""
+        path = build_dir() / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def __getitem__(self, knob: str) -> Any:
         return self.cfg[knob]
 

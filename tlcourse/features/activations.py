@@ -28,7 +28,7 @@ from tlcourse._io import DamagedFileError, atomic_write_text, read_or_explain
 from tlcourse.features.cache import _model_name, backbone_fingerprint
 from tlcourse.features.engine import EngineSettings
 from tlcourse.features.extract import POOLED, extract_activations
-from tlcourse.paths import build_dir
+from tlcourse.paths import cache_dir
 from tlcourse.runtime import DeviceSettings
 
 __all__ = ["ACTIVATIONS_FORMAT", "ActivationSet", "ArrayRows", "activation_key", "activation_path",
@@ -201,7 +201,7 @@ def cached_activations(
 ) -> ActivationSet:
     """:func:`~tlcourse.features.extract_activations` of ``data``, from disk when the entry is there.
 
-    The entry (a folder under ``root``, default ``build/activations``) is keyed by
+    The entry (a folder under ``root``, default ``build/activations``; ``$TLCOURSE_CACHE_DIR`` moves it) is keyed by
     :func:`activation_key`; ``data_id`` must identify the images and their preprocessing. Each
     batch goes straight to the entry's files, so memory does not grow with the dataset, and the
     result is memory-mapped from them. ``derive(entry)`` (optional) computes more arrays from the
@@ -209,7 +209,7 @@ def cached_activations(
     is written under a temporary name and renamed when complete, so an interrupted or concurrent
     run never leaves a half entry that is read; a damaged entry is computed again.
     """
-    root = Path(root) if root is not None else build_dir() / "activations"
+    root = Path(root) if root is not None else cache_dir() / "activations"
     key = activation_key(model, data_id, layers, maps=maps, mirror=mirror)
     final = activation_path(root, model, key)
     found = load_activations(final, key)

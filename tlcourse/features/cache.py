@@ -25,7 +25,7 @@ from tlcourse._io import DamagedFileError, atomic_save, read_or_explain, read_to
 from tlcourse.features.engine import EngineSettings
 from tlcourse.features.extract import POOLED, extract_stage_features, has_backbone_spec
 from tlcourse.models import backbone_spec, build_backbone, state_dict_fingerprint
-from tlcourse.paths import build_dir
+from tlcourse.paths import cache_dir
 from tlcourse.runtime import DeviceSettings
 
 __all__ = [
@@ -240,7 +240,7 @@ def cached_stage_features(
     reuses what is there.
     """
     model = build_backbone(model) if isinstance(model, str) else model
-    root = Path(root) if root is not None else build_dir() / "features"
+    root = Path(root) if root is not None else cache_dir() / "features"
     data = _Transformed(dataset, transform) if transform is not None else dataset
     names = [POOLED if name is None else name for name in layers]
     result: dict[str, FeatureSet] = {}
@@ -295,7 +295,7 @@ def cached_features(
         layer: ``None`` for the final pooled features, or a stage name.
         transform: optional, applied to what ``dataset`` yields (use it when the dataset yields
             PIL images); part of the key too.
-        root: the cache folder (default ``build/features``).
+        root: the cache folder (default ``build/features``; ``$TLCOURSE_CACHE_DIR`` moves it).
         dataset_id: identifies the contents yourself, for datasets :func:`dataset_fingerprint`
             does not know.
         content: fingerprint image files by their SHA-256 instead of size + mtime.

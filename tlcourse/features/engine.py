@@ -33,7 +33,7 @@ from torch import nn
 
 from tlcourse._io import atomic_path
 from tlcourse.models import backbone_spec, state_dict_fingerprint
-from tlcourse.paths import build_dir
+from tlcourse.paths import cache_dir
 from tlcourse.runtime import DeviceSettings, select_device
 
 __all__ = ["CPU_DECODE_AHEAD", "CPU_ENGINE", "CPU_ENGINE_BATCH", "CPU_INFERENCE_WORKERS", "ENGINES", "ENGINE_FORMAT",
@@ -202,7 +202,7 @@ def engine_key(model: nn.Module, names: Sequence[str], input_shape: Sequence[int
 def onnx_path(model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
               root: str | os.PathLike[str] | None = None) -> Path:
     """Where the export of ``model``'s ``names`` for inputs of ``input_shape`` (C, H, W) is kept."""
-    folder = Path(root) if root is not None else build_dir() / "onnx"
+    folder = Path(root) if root is not None else cache_dir() / "onnx"
     size = "x".join(str(int(d)) for d in input_shape[-2:])
     return folder / f"{_model_name(model)}--{size}--{engine_key(model, names, input_shape)[:24]}.onnx"
 
@@ -263,7 +263,7 @@ class OnnxFeatures:
         spin: let idle engine threads spin; off when a decoding thread or worker needs a core too.
         batch: run a batch in slices of this many images (``None``: all at once); smaller
             slices keep the activations in the CPU cache (:data:`CPU_ENGINE_BATCH`).
-        root: the folder of the exported files (default ``build/onnx``).
+        root: the folder of the exported files (default ``build/onnx``; ``$TLCOURSE_CACHE_DIR`` moves it).
         precision: ``"float32"`` (the export) or ``"int8"``: the export quantized by
             :func:`quantize_int8`, kept beside it (:func:`int8_path`) and made from
             ``calibration`` (normalised training images at the input size, (N, C, H, W)) the first
