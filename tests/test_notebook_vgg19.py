@@ -1,6 +1,7 @@
 """Notebook 05 runs the VGG-19 recipe as written (``model.classifier[6]``) when VGG-19 is loaded.
 
-Random weights under torchvision's file name, as in ``test_notebook_backbones.py``. VGG-19 costs
+As in ``test_notebook_backbones.py``: offline first (the first cell that builds VGG-19 stops with the
+ways out), then random weights under torchvision's file name, in the same kernel. VGG-19 costs
 about 13 times ResNet-18's arithmetic per image, so this run uses the same smoke setting of the ci
 profile as the ResNet-18 run of 05 (``SMOKE["05"]``: one seed, 32 px, 30 training images per class, 5%
 of the pool for validation, 2 epochs; VGG-19's last feature map is then 1x1 px): it checks that every cell executes and the record has its structure, not accuracy. A file of its own, so pytest-xdist runs it beside the

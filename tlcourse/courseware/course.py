@@ -103,6 +103,13 @@ def notebooks(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
+def injected_parameters(profile: str = "default", parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What :func:`execute_notebook` injects after the parameters cell: ``PROFILE`` unless it is the
+    default, the ``parameters``, and ``PINNED`` naming them so that no profile overrides them."""
+    return {**({} if profile == "default" else {"PROFILE": profile}), **(parameters or {}),
+            **({"PINNED": sorted(parameters)} if parameters else {})}
+
+
 def execute_notebook(
     path: Path,
     output: Path,
@@ -131,8 +138,7 @@ def execute_notebook(
         pm.execute_notebook(
             str(path),
             str(output),
-            parameters={**({} if profile == "default" else {"PROFILE": profile}), **(parameters or {}),
-                        **({"PINNED": sorted(parameters)} if parameters else {})},
+            parameters=injected_parameters(profile, parameters),
             kernel_name=kernel_name,
             cwd=str(path.parent),
             progress_bar=progress,
