@@ -100,6 +100,7 @@ def test_the_parameters_cell_holds_the_default_values_and_a_profile_says_what_it
 
 def test_a_lessons_folder_is_created_under_the_build_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.delenv("TLCOURSE_PROFILE", raising=False)  # make test sets it for the notebooks
     lesson = course.setup("default", {}, {"EPOCHS": 2}, device="cpu", threads=1, quiet=True)
     folder = lesson.folder("05_alien_vs_predator")
     assert folder == (tmp_path / "build" / "05_alien_vs_predator").resolve() and folder.is_dir()
