@@ -40,7 +40,8 @@ CASES = [(p, "resnet18") for p in notebooks()]
 #: Smaller settings for these runs, which check that every cell executes with a classic backbone (random
 #: weights make accuracies meaningless): one seed, the smallest input sizes. Pinned, so the profile keeps them.
 #: (06's fit() calls are time-boxed by BUDGET, so a smaller budget is what makes its run shorter.)
-SMOKE = {"02": dict(SEEDS=[0], IMAGE_SIZE=32, RES_SIZES=[32]), "03": dict(RESOLUTION=64), "06": dict(CROP=64, BUDGET=20),
+SMOKE = {"01": dict(PROBE_PER_CLASS=20, THROUGHPUT_IMAGES=32, REPEATS=1),
+         "02": dict(SEEDS=[0], IMAGE_SIZE=32, RES_SIZES=[32]), "03": dict(RESOLUTION=64), "06": dict(CROP=64, BUDGET=20),
          "05": dict(SEEDS=1, CROP=32, TRAIN_PER_CLASS=30, VAL_FRACTION=0.05, FT_EPOCHS=2, BASELINE_EPOCHS=2)}
 CELL_TIMEOUT = 900
 
