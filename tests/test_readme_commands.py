@@ -88,6 +88,9 @@ def test_the_no_make_commands_work_as_written_in_a_fresh_clone(tmp_path: Path) -
     # Cost: pip's sources are local here, so the time goes to unpacking torch; skipping the byte
     # compilation of its files (Python compiles what it imports anyway) saves part of that.
     env["PIP_NO_COMPILE"] = "1"
+    # ... and, as on a learner's machine, the first command that imports torch writes its bytecode for
+    # the next one (this machine sets PYTHONDONTWRITEBYTECODE, which would recompile torch every time).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         _run_in(clone, lines, env)
     finally:
