@@ -154,3 +154,29 @@ def test_the_log_clock_can_start_before_the_call() -> None:
     log("first decision")
     assert 50 <= log.elapsed() < 60 and lines[0].startswith("[  50.")
     assert _Log(None).elapsed() < 5 and _Log(None, started=time.time() + 100).elapsed() < 5  # never negative
+
+
+def test_the_choice_among_candidates_validation_cannot_separate_is_the_simplest_whatever_the_timings():
+    """Breiman's one-standard-error rule on trained weights: a busy machine once let two probes' timing
+    noise pick the larger one. Equal validation accuracy, so the 20-weight probe wins at any seconds."""
+    import torch
+
+    from tlcourse.experiments.own_data.candidates import Candidate
+    from tlcourse.experiments.own_data.report import _choose
+
+    y_val = [0, 1] * 10
+    right = torch.nn.functional.one_hot(torch.tensor(y_val), 2).float()
+    wrong_once = right.clone()
+    wrong_once[0] = wrong_once[0].flip(0)
+
+    def candidate(name: str, dim: int, seconds: float, proba: torch.Tensor, tta: bool = False) -> Candidate:
+        head = {"weight": torch.zeros(2, dim), "bias": torch.zeros(2)}
+        return Candidate(name, "probe_last", "net", "pooled", tta, tta, seconds, proba, proba, head)
+
+    for fast_big, slow_small in ((1.0, 2.0), (2.0, 1.0)):
+        big, small = candidate("big", 1280, fast_big, right), candidate("small", 10, slow_small, right)
+        small_tta = candidate("small + TTA", 10, 0.5, right, tta=True)
+        assert _choose([big, small_tta, small], y_val) is small
+    assert small.trained_weights() == 22 and big.as_dict(y_val)["trained_weights"] == 2562
+    # outside one standard error of the best (here 0: the best is 20 of 20), simplicity does not count
+    assert _choose([candidate("small, one wrong", 10, 0.1, wrong_once), big], y_val) is big

@@ -79,13 +79,17 @@ class Candidate:
         """A file name for this candidate."""
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
+    def trained_weights(self) -> int:
+        """How many numbers the candidate learned: a probe's head, or a fine-tune's state_dict."""
+        return sum(t.numel() for t in self.weights.values())
+
     def as_dict(self, y_val: Sequence[int]) -> dict[str, Any]:
         """The plain facts that go into report.json."""
         ci = accuracy_ci(self.val_correct(y_val))
         return {"name": self.name, "strategy": self.strategy, "backbone": self.backbone, "layer": self.layer,
                 "flip_augmentation": self.flip_augmentation, "tta": self.tta, "val_accuracy": ci.value,
                 "val_accuracy_ci": [ci.low, ci.high], "n_val": ci.n, "seconds": round(self.seconds, 2),
-                "resumed": self.resumed}
+                "trained_weights": self.trained_weights(), "resumed": self.resumed}
 
 
 def fold_probe(pipeline: Any) -> dict[str, torch.Tensor]:

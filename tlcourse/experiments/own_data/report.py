@@ -1,7 +1,7 @@
 """Steps 5-6 of ``fit``: choose on validation, test once, export, and write the report.
 
-:func:`finish` picks the candidate with the highest validation accuracy (the cheapest one among
-equals: candidates run cheapest first), scores it once on the test set with its Wilson interval and
+:func:`finish` picks the candidate with the highest validation accuracy (the simplest one among
+those the validation split cannot separate: :func:`_choose`), scores it once on the test set with its Wilson interval and
 per-class accuracy, and compares it, paired on the same test images, with the best validation
 candidate of the textbook's strategy. After that choice, every candidate's stored test
 predictions are scored for the record ("hindsight"): they show whether the choice on validation
@@ -143,17 +143,19 @@ def _png(fig: Figure) -> str:
 
 
 def _choose(candidates: Sequence[Candidate], y_val: Sequence[int]) -> Candidate:
-    """The cheapest candidate within one standard error of the best validation accuracy.
+    """The simplest candidate within one standard error of the best validation accuracy.
 
     A validation split of a few dozen images cannot rank candidates closer than its standard error,
-    so among those it cannot separate from the best, cost decides (the one-standard-error rule):
-    the fewest ``seconds``, and among equal costs the first, which ran earlier.
+    so among those it cannot separate from the best, simplicity decides (Breiman's one-standard-error
+    rule): the fewest trained weights, then no flip TTA, then no flip augmentation, then the first,
+    which ran earlier. Measured seconds would let timing noise choose between two probes of equal
+    cost (it did, on a busy CI machine); these keys give the same choice on every run with a seed.
     """
     accuracy = [c.val_accuracy(y_val) for c in candidates]
     best = max(accuracy)
     se = math.sqrt(best * (1 - best) / max(len(y_val), 1))
     close = [c for c, a in zip(candidates, accuracy) if a >= best - se]
-    return min(close, key=lambda c: c.seconds)
+    return min(close, key=lambda c: (c.trained_weights(), c.tta, c.flip_augmentation))
 
 
 def _versus_prior(chosen: Candidate, prior: Candidate | None, y_test: np.ndarray, strategy: str) -> dict[str, Any]:
