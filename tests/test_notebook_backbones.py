@@ -20,7 +20,6 @@ recorded), not the thresholds themselves. Each notebook thus executes once per b
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -94,7 +93,6 @@ def run_with_backbone(path: Path, backbone: str, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("TORCH_HOME", str(torch_home))  # empty: no weights, and no network here
     monkeypatch.setenv("TLCOURSE_BUILD_DIR", str(tmp_path / "build"))
     monkeypatch.delenv("TLCOURSE_PROFILE", raising=False)  # the injected PROFILE decides, as in execute_notebook
-    assert not os.listdir(torch_home)
     executed = tmp_path / path.name
     index, err = _execute_offline_then_with_weights(path, executed, backbone, torch_home, dict(knobs))
 
