@@ -5,7 +5,7 @@
 #       (re-execute and commit-ready notebooks), make status
 
 PYTHON ?= python3
-VENV   ?= .venv
+VENV   := .venv# the README's commands create it
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tlcourse-installed
 # Everything below runs with the virtual environment first on PATH, so Jupyter kernels use it too.
@@ -20,16 +20,14 @@ PROFILE ?= default
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@echo "[setup] $$(date -u +%H:%M:%S) installing the course into $(VENV)"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# Without an NVIDIA GPU, torch's CPU build (no CUDA libraries) when its index is reachable;
-	@# pip's own configuration stays in force (scripts/torch_index.py; TLCOURSE_TORCH=cpu|cuda|local).
+$(STAMP): pyproject.toml scripts/readme_setup.py scripts/torch_index.py
+	@echo "[setup] $$(date -u +%H:%M:%S) installing the course into $(VENV) with the README's commands"
+	@# The README's "Without make" install lines, read from it and run as a learner's shell would
+	@# (scripts/readme_setup.py); without an NVIDIA GPU they take torch's CPU build when its index is
+	@# reachable, and pip's own configuration stays in force (scripts/torch_index.py).
+	$(PYTHON) scripts/readme_setup.py --python $(PYTHON)
 	@# Bytecode is compiled once, on every core (pip compiles file by file): a machine that sets
 	@# PYTHONDONTWRITEBYTECODE never caches it, and each kernel and test process would recompile torch.
-	torch_args="$$($(BIN)/python scripts/torch_index.py)" && \
-		$(BIN)/python -m pip install --quiet --no-compile -e '.[test]' $$torch_args
 	@# (a few files written for newer Pythons do not compile; pip skips them too, hence || true)
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib tlcourse >/dev/null 2>&1 || true
 	@touch $(STAMP)

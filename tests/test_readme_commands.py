@@ -1,25 +1,32 @@
 """The README as a newcomer reads it: short, with the commands and lesson table it promises, and
 its no-``make`` commands working as written in a fresh clone of this repository.
 
-The fresh-clone test creates a new virtual environment and installs the course into it with
-exactly the README's commands: a few minutes (torch is large), from pip's configured sources,
-which are local on the development machine and CI's. It is the only test that does a full install.
+The README's install commands run once per CI run: ``make setup`` runs them, read from the README
+(``scripts/readme_setup.py``), in CI's fresh clone, and the fresh-clone test checks its record and
+runs the rest. Without such a record (a developer's checkout) the test clones the repository and
+installs into a new virtual environment itself: a few minutes, torch is large.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import readme_setup  # noqa: E402  (standard library only: it runs before the course is installed)
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+SETUP = ROOT / "scripts" / "readme_setup.py"
 MAX_LINES = 150
 
 
@@ -75,26 +82,41 @@ def test_the_windows_commands_mirror_the_macos_ones() -> None:
 def test_the_no_make_commands_work_as_written_in_a_fresh_clone(tmp_path: Path) -> None:
     """Every line of the macOS/Linux block, run by bash in a fresh clone. The last line runs the whole
     course (tens of minutes; the notebook tests execute every notebook already), so it runs with
-    ``--help`` added: the command exists, with that spelling, in the new environment."""
+    ``--help`` added: the command exists, with that spelling, in the new environment.
+
+    ``make setup`` installs with the README's own lines (``scripts/readme_setup.py``). When its record
+    shows that it ran the lines the README has now, into a new ``.venv`` of a clean clone (every CI
+    run), this session's environment is that install, and only the remaining lines run here.
+    Otherwise the test clones the checkout and runs every line itself (a few minutes: torch is large)."""
     lines = code_block("Without make (Windows, macOS)", "bash")
     assert lines[-1] == ".venv/bin/python -m tlcourse course"
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    installs = readme_setup.install_lines(lines)
+    assert installs == lines[:2] and installs[0] == "python3 -m venv .venv", "the block starts by installing"
     # The course installs as in a learner's shell: no virtual environment of this run leaks in.
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    venv_bin = str(ROOT / ".venv" / "bin")
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    env = readme_setup.learner_env(ROOT)
     assert shutil.which("python3", path=env["PATH"]), "the README's commands need python3 on PATH"
-    # Cost: pip's sources are local here, so the time goes to unpacking torch; skipping the byte
-    # compilation of its files (Python compiles what it imports anyway) saves part of that.
-    env["PIP_NO_COMPILE"] = "1"
     # ... and, as on a learner's machine, the first command that imports torch writes its bytecode for
     # the next one (this machine sets PYTHONDONTWRITEBYTECODE, which would recompile torch every time).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if setup_ran_the_readme(installs):
+        _run_in(ROOT, lines[len(installs):], env)
+        return
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
     try:
-        _run_in(clone, lines, env)
+        _run_in(clone, lines, env)  # pip does not byte-compile (PIP_NO_COMPILE): Python compiles what it imports
     finally:
         shutil.rmtree(clone, ignore_errors=True)  # a torch install is gigabytes: keep none of it
+
+
+def setup_ran_the_readme(installs: list[str], root: Path = ROOT) -> bool:
+    """Whether ``make setup`` made ``root``'s ``.venv`` with exactly ``installs``, in a clean clone."""
+    path = root / readme_setup.RECORD
+    if not path.exists():
+        return False
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return (record.get("clean_checkout") is True and record.get("fresh_venv") is True
+            and [step["line"] for step in record.get("ran", [])] == installs)
 
 
 def _run_in(clone: Path, lines: list[str], env: dict[str, str]) -> None:
@@ -110,6 +132,37 @@ def _run_in(clone: Path, lines: list[str], env: dict[str, str]) -> None:
                            capture_output=True, text=True, env=env, check=True, timeout=120, cwd=clone)
     assert shown.stdout.startswith(str(clone / "tlcourse")), shown.stdout  # the clone's package, editable
     assert "status" in done.stdout or "usage" in done.stdout.lower()
+
+
+def test_setup_runs_the_readme_lines_in_a_learners_shell_and_records_them(tmp_path: Path) -> None:
+    """scripts/readme_setup.py on a checkout whose README installs nothing heavy: the lines before the
+    first ``-m tlcourse`` run in order, in the checkout, with no virtual environment on PATH; the record
+    names them; a line that fails stops the setup with its exit code."""
+    block = ["python3 -m venv .venv", 'python3 -c "import os; print(os.environ.get(\'VIRTUAL_ENV\'))" > seen.txt',
+             "echo $PATH >> seen.txt", ".venv/bin/python -m tlcourse status"]
+    (tmp_path / "README.md").write_text(f"# x\n\n## {readme_setup.HEADING}\n\n```bash\n" + "\n".join(block)
+                                        + "\n```\n\n## Next\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "README.md"], cwd=tmp_path, check=True)
+    env = {**os.environ, "VIRTUAL_ENV": str(ROOT / ".venv"), "PATH": f"{tmp_path / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, str(SETUP), "--root", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = (tmp_path / "seen.txt").read_text().splitlines()
+    assert seen[0] == "None" and str(tmp_path / ".venv" / "bin") not in seen[1].split(":")
+    record = json.loads((tmp_path / readme_setup.RECORD).read_text())
+    assert [s["line"] for s in record["ran"]] == block[:3] and record["fresh_venv"] is True
+    assert record["clean_checkout"] is False  # seen.txt and .venv are in it now, untracked
+    assert setup_ran_the_readme(block[:3], tmp_path) is False
+    record["clean_checkout"] = True
+    (tmp_path / readme_setup.RECORD).write_text(json.dumps(record))
+    assert setup_ran_the_readme(block[:3], tmp_path) and not setup_ran_the_readme(block[1:3], tmp_path)
+    # a second setup keeps the existing .venv, says so, and the README line that fails stops it
+    (tmp_path / "README.md").write_text((tmp_path / "README.md").read_text().replace("echo $PATH", "exit 3"))
+    again = subprocess.run([sys.executable, str(SETUP), "--root", str(tmp_path)], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 3 and "exit 3" in again.stderr
+    assert "python3 -m venv" not in again.stdout
 
 
 def test_the_readme_numbers_are_the_committed_results():
