@@ -71,7 +71,7 @@ def test_the_windows_commands_mirror_the_macos_ones() -> None:
     unix, windows = code_block("Without make (Windows, macOS)", "bash"), code_block("Without make (Windows, macOS)",
                                                                                     "powershell")
     assert len(unix) == len(windows) == 4
-    assert windows[0] == "py -m venv .venv"
+    assert windows[0] == "py -m venv --upgrade-deps .venv"
     for u, w in zip(unix[1:], windows[1:]):
         assert w.startswith(".venv\\Scripts\\python -m ") and u.startswith(".venv/bin/python -m ")
     assert windows[1] == '.venv\\Scripts\\python -m pip install -e ".[test]"'
@@ -91,7 +91,7 @@ def test_the_no_make_commands_work_as_written_in_a_fresh_clone(tmp_path: Path) -
     lines = code_block("Without make (Windows, macOS)", "bash")
     assert lines[-1] == ".venv/bin/python -m tlcourse course"
     installs = readme_setup.install_lines(lines)
-    assert installs == lines[:2] and installs[0] == "python3 -m venv .venv", "the block starts by installing"
+    assert installs == lines[:2] and installs[0] == "python3 -m venv --upgrade-deps .venv", "the block starts by installing"
     # The course installs as in a learner's shell: no virtual environment of this run leaks in.
     env = readme_setup.learner_env(ROOT)
     assert shutil.which("python3", path=env["PATH"]), "the README's commands need python3 on PATH"
@@ -104,7 +104,7 @@ def test_the_no_make_commands_work_as_written_in_a_fresh_clone(tmp_path: Path) -
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
     try:
-        _run_in(clone, lines, env)  # pip does not byte-compile (PIP_NO_COMPILE): Python compiles what it imports
+        _run_in(clone, lines, env)  # pip does not byte-compile (PIP_COMPILE=0): Python compiles what it imports
     finally:
         shutil.rmtree(clone, ignore_errors=True)  # a torch install is gigabytes: keep none of it
 
