@@ -173,12 +173,12 @@ def local_http_server() -> Iterator[LocalServer]:
 
 
 #: The longest test files, longest first (seconds in a quiet AMD EPYC 2-core run: the six notebooks in
-#: the ci profile about 570, their offline-then-ResNet-18 runs about 400, the README's install into a fresh
-#: venv about 250, VGG-19's run of notebook 05 about 180). With ``--dist loadfile --no-loadscope-reorder``
+#: the ci profile about 570, their offline-then-ResNet-18 runs about 400, VGG-19's run of notebook 05
+#: about 180; the README's commands about 25 after ``make setup`` ran its install, 200 without). With ``--dist loadfile --no-loadscope-reorder``
 #: (the Makefile's), pytest-xdist hands files to workers in collection order; starting the longest first
 #: keeps one worker from beginning a long file while the other has nothing left to do.
-LONGEST_FIRST = ("test_notebooks.py", "test_notebook_backbones.py", "test_readme_commands.py",
-                 "test_notebook_vgg19.py")
+LONGEST_FIRST = ("test_notebooks.py", "test_notebook_backbones.py", "test_notebook_vgg19.py",
+                 "test_readme_commands.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
