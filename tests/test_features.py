@@ -20,6 +20,7 @@ from torchvision import datasets, transforms
 from tlcourse import features as F
 from tlcourse import models
 from tlcourse._io import atomic_save
+from tlcourse.features import engine
 from tlcourse.models import BackboneSpec
 from tlcourse.runtime import DeviceSettings, device_settings
 
@@ -171,6 +172,29 @@ def test_extraction_accepts_device_settings(folder: Path):
 # --------------------------------------------------------------------------------------------
 # The cache
 # --------------------------------------------------------------------------------------------
+
+
+def test_heavy_image_files_decode_in_one_worker_per_core_and_give_the_same_features(folder: Path, monkeypatch):
+    """Phone-sized files decode in worker processes while the engine keeps every core; small files
+    (and loaders too short to repay a worker's start) decode in this process; the features agree."""
+    monkeypatch.setattr(engine, "_workers_pay_off", lambda: True)
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    model = make_tiny()
+    light = F.extract_features(model, image_folder(folder), batch_size=2, progress=False)
+    assert (light.report.engine, light.report.workers) == ("onnxruntime", 0)
+    monkeypatch.setattr(engine, "HEAVY_DECODE_BYTES", 1)  # every file is "heavy" now
+    heavy = F.extract_features(model, image_folder(folder), batch_size=2, progress=False)
+    assert (heavy.report.workers, heavy.report.threads) == (2, 2)
+    torch.testing.assert_close(heavy.features, light.features)
+    assert torch.equal(heavy.labels, light.labels)
+    # the files of a Subset are its own; 3 batches are too few; a dataset without files stays in-process
+    subset = Subset(image_folder(folder), [7, 2])
+    assert engine.image_paths(subset) == [image_folder(folder).samples[i][0] for i in (7, 2)]
+    paths = engine.image_paths(image_folder(folder))
+    assert engine.decoding_plan(paths, batches=4) == (2, 2) and engine.decoding_plan(paths, batches=3) == (0, None)
+    assert engine.image_paths(_tensors()) == [] and engine.decoding_plan([], batches=10) == (0, None)
+    monkeypatch.setattr(engine, "HEAVY_DECODE_BYTES", 1 << 20)
+    assert engine.decoding_plan(paths, batches=10) == (0, None)  # 12x12 PNGs are a few hundred bytes
 
 
 def test_a_cache_hit_returns_identical_tensors_without_running_the_model(folder: Path, tmp_path: Path):

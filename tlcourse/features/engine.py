@@ -71,6 +71,12 @@ CPU_ENGINE_BATCH: int | None = 4
 CPU_INFERENCE_WORKERS = 0
 WORKER_MIN_BATCHES = 4
 
+#: Image files at least this big on average (a phone's 4000x3000 JPEG is 2 to 4 MB) take longer to
+#: decode, even in draft mode, than the engine takes to compute their features, so their loaders
+#: decode in one worker process per core while the engine keeps every core (:func:`decoding_plan`;
+#: measured by ``python -m benchmarks --only headline``, section "Phone-sized photos").
+HEAVY_DECODE_BYTES = 1 << 20
+
 #: Bumped when the exported graph's meaning changes: older files are then ignored.
 ENGINE_FORMAT = 1
 #: The ONNX opset of the exports (every ONNX Runtime since 1.12 runs it).
@@ -160,6 +166,39 @@ def engine_settings(
         engine_batch = CPU_ENGINE_BATCH if on_engine else None
     return EngineSettings(engine=engine, threads=threads, workers=int(workers), decode_ahead=bool(decode_ahead),
                           engine_batch=engine_batch, precision=precision)
+
+
+def image_paths(data: Any) -> list[str]:
+    """The files of an image dataset (an ``ImageFolder``-like ``samples`` list, possibly inside a
+    ``Subset``), in order; ``[]`` when ``data`` does not say which files it reads."""
+    indices = None
+    if isinstance(getattr(data, "indices", None), Sequence) and hasattr(data, "dataset"):
+        indices, data = list(data.indices), data.dataset
+    samples = getattr(data, "samples", None)
+    if not isinstance(samples, Sequence) or not samples or not isinstance(samples[0], tuple):
+        return []
+    paths = [str(sample[0]) for sample in samples]
+    return [paths[i] for i in indices] if indices is not None else paths
+
+
+def decoding_plan(paths: Sequence[str], batches: int, looked_at: int = 8) -> tuple[int, int | None]:
+    """``(decoding workers, engine threads)`` for a pass over the image files ``paths`` in ``batches``.
+
+    ``(0, None)`` (decode in this process; the engine's own thread policy) unless the files are
+    heavy: ``looked_at`` evenly spaced ones average at least :data:`HEAVY_DECODE_BYTES`, the loader
+    has at least :data:`WORKER_MIN_BATCHES` batches and workers fork. Then one worker per core, and
+    the engine on every core too: decoding is the slow side, and the engine's threads idle while
+    they wait for it (phone photos: 2 workers and 2 threads beat both 1 + 1 and in-process decoding).
+    """
+    if not paths or batches < WORKER_MIN_BATCHES or not _workers_pay_off():
+        return 0, None
+    picked = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(looked_at, len(paths))).round()]
+    try:
+        mean = sum(os.path.getsize(path) for path in picked) / len(picked)
+    except OSError:
+        return 0, None  # a missing file is the loader's to report, with its own message
+    cores = os.cpu_count() or 1
+    return (cores, cores) if mean >= HEAVY_DECODE_BYTES else (0, None)
 
 
 class EngineUnavailable(RuntimeError):

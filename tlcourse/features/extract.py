@@ -36,7 +36,9 @@ from tlcourse.features.engine import (
     EngineSettings,
     EngineUnavailable,
     OnnxFeatures,
+    decoding_plan,
     engine_settings,
+    image_paths,
 )
 from tlcourse.hooks import capture
 from tlcourse.models import backbone_spec, head_of, stage_layers
@@ -136,19 +138,24 @@ def _model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _as_loader(data: DataLoader | Dataset, settings: DeviceSettings, workers: int,
-               num_workers: int | None) -> Iterable[Any]:
-    """``data`` itself when it is a DataLoader, else an in-order loader of it.
+               num_workers: int | None) -> tuple[Iterable[Any], int | None]:
+    """``data`` itself when it is a DataLoader, else an in-order loader of it; and the engine
+    threads its decoding asks for (``None``: the engine's own policy).
 
     ``num_workers=None`` follows the engine's ``workers``, except for loaders too short to repay a
-    worker process's start.
+    worker process's start, and for heavy image files (:func:`~tlcourse.features.engine.decoding_plan`).
     """
     if isinstance(data, DataLoader):
-        return data
+        return data, None
+    threads = None
     if num_workers is None:
         batches = -(-len(data) // settings.batch_size)  # type: ignore[arg-type]
         num_workers = workers if batches >= WORKER_MIN_BATCHES else 0
-    return DataLoader(data, batch_size=settings.batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=settings.pin_memory)
+        if num_workers == 0 and settings.device.type == "cpu":
+            num_workers, threads = decoding_plan(image_paths(data), batches)
+    loader = DataLoader(data, batch_size=settings.batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=settings.pin_memory)
+    return loader, threads
 
 
 def _length(loader: Iterable[Any]) -> int | None:
@@ -277,7 +284,7 @@ def extract_activations(
     knobs = _engine_of(settings, engine, threads)
     cpu = settings.device.type == "cpu"
     chooser = ThreadChooser(knobs.threads, cpu=cpu)
-    loader = _as_loader(data, settings, knobs.workers, num_workers)
+    loader, plan_threads = _as_loader(data, settings, knobs.workers, num_workers)
     workers = int(getattr(loader, "num_workers", 0))
     names = [POOLED if name is None else name for name in layers]
     whole = set(maps)
@@ -298,7 +305,7 @@ def extract_activations(
         with torch.inference_mode(), settings.autocast(), _capture(model, layers, whole) as run, \
                 decoded_batches(loader, ahead=ahead) as batches:
             if use_engine:
-                onnx = OnnxFeatures(model, names, run, threads=engine_threads(workers, knobs.threads),
+                onnx = OnnxFeatures(model, names, run, threads=engine_threads(workers, knobs.threads or plan_threads),
                                     spin=workers == 0 and not ahead, batch=knobs.engine_batch)
             desc = progress if isinstance(progress, str) else "features"
             done_at = time.perf_counter()  # the end of the warm-up batch: the timed batches include their decoding
