@@ -55,7 +55,7 @@ def learner_env(root: Path) -> dict[str, str]:
     venv_bin = str(root / ".venv" / "bin")
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     # pip does not byte-compile: make setup compiles afterwards on every core. (PIP_COMPILE=0, since
-    # pip reads PIP_NO_COMPILE=1 as "compile": measured, 2,351 .pyc files in torch/ after an install.)
+    # pip reads PIP_NO_COMPILE=1 as "compile": an install with it left every file of torch/ compiled.)
     env.pop("PIP_NO_COMPILE", None)
     env["PIP_COMPILE"] = "0"
     return env

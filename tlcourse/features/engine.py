@@ -71,8 +71,8 @@ CPU_ENGINE_BATCH: int | None = 4
 CPU_INFERENCE_WORKERS = 0
 WORKER_MIN_BATCHES = 4
 
-#: Image files at least this big on average (a phone's 4000x3000 JPEG is 2 to 4 MB) take longer to
-#: decode, even in draft mode, than the engine takes to compute their features, so their loaders
+#: Image files at least this big on average (a phone's photo) take longer to decode, even in
+#: draft mode, than the engine takes to compute their features, so their loaders
 #: decode in one worker process per core while the engine keeps every core (:func:`decoding_plan`;
 #: measured by ``python -m benchmarks --only headline``, section "Phone-sized photos").
 HEAVY_DECODE_BYTES = 1 << 20
