@@ -36,10 +36,7 @@ def readme() -> str:
 
 def code_block(after_heading: str, language: str) -> list[str]:
     """The command lines of the first ``language`` code block after a ``## `` heading."""
-    section = readme().split(f"## {after_heading}\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(rf"```{language}\n(.*?)```", section, re.S)
-    assert block, f"no {language} block under '## {after_heading}'"
-    return [line for line in block.group(1).splitlines() if line.strip()]
+    return readme_setup.readme_block(readme(), after_heading, language)
 
 
 def test_the_readme_is_short_and_has_what_a_newcomer_needs() -> None:

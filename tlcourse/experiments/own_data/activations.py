@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tlcourse.data import load_rgb
 from tlcourse.features import (
@@ -41,7 +41,7 @@ from tlcourse.features import (
     load_activations,
 )
 from tlcourse.features.activations import activation_path
-from tlcourse.features.engine import decoding_plan, release_sessions
+from tlcourse.features.engine import release_sessions
 from tlcourse.models import Preprocessing, backbone_spec
 from tlcourse.runtime import device_settings
 from tlcourse.stages import StageSplit
@@ -149,14 +149,12 @@ def backbone_pass(model: nn.Module, pre: Preprocessing, samples: Sequence[tuple[
     """
     _, layers, maps = _stage_names(model, cut)
     settings = device_settings(device, inference=True)
-    # The loader below decodes in this process, or in one worker per core for heavy files (phone photos)
-    workers, threads = (decoding_plan([path for path, _ in samples], -(-len(samples) // batch_size))
-                        if settings.device.type == "cpu" else (0, None))
-    knobs = engine_settings(settings, workers=0, threads=threads)
-    loader = DataLoader(ImageFiles(samples, pre.eval_transform()), batch_size=batch_size, num_workers=workers)
+    # Decoding in this process, or in one worker per core for heavy files (features.engine.decoding_plan)
+    knobs = engine_settings(settings, workers=0)
+    images = ImageFiles(samples, pre.eval_transform())
     try:
         entry = cached_activations(
-            model, loader, layers, data_id=_data_id(model, pre, folder_key, cut), root=cache_dir, maps=maps,
+            model, images, layers, batch_size=batch_size, data_id=_data_id(model, pre, folder_key, cut), root=cache_dir, maps=maps,
             mirror=True, derive=_top_stages(cut, device, progress) if cut is not None else None, on_rate=on_rate,
             device=settings, engine=knobs, progress=f"{backbone_spec(model).name} features" if progress else False)
     finally:
