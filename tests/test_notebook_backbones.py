@@ -43,8 +43,12 @@ CASES = sorted(((p, "resnet18") for p in notebooks()), key=lambda case: not case
 #: weights make accuracies meaningless): one seed, the smallest input sizes. Pinned, so the profile keeps them.
 #: (06's fit() calls are time-boxed by BUDGET, so a smaller budget is what makes its run shorter.)
 SMOKE = {"01": dict(PROBE_PER_CLASS=20, THROUGHPUT_IMAGES=32, REPEATS=1),
-         "02": dict(SEEDS=[0], IMAGE_SIZE=32, RES_SIZES=[32]), "03": dict(RESOLUTION=64), "06": dict(CROP=64, BUDGET=20),
-         "05": dict(SEEDS=1, CROP=32, TRAIN_PER_CLASS=30, VAL_FRACTION=0.05, FT_EPOCHS=2, BASELINE_EPOCHS=2)}
+         "02": dict(SEEDS=[0], IMAGE_SIZE=32, RES_SIZES=[32], N_PER_CLASS=4, N_VAL_PER_CLASS=2, N_TEST_PER_CLASS=4,
+                    RES_N_PER_CLASS=2),
+         "03": dict(RESOLUTION=64, AVP_TRAIN_PER_CLASS=20, AVP_TEST_PER_CLASS=20),
+         "04": dict(SIZE=32, SMALL=4, LARGE=8, VAL=4, TEST=8, MAX_EPOCHS_SMALL=2, SCORE_IMAGES=20),
+         "05": dict(SEEDS=1, CROP=32, TRAIN_PER_CLASS=30, VAL_FRACTION=0.05, FT_EPOCHS=2, BASELINE_EPOCHS=2),
+         "06": dict(CROP=64, BUDGET=20, PHOTO_PER_CLASS=20, SCAN_PER_CLASS=30)}
 CELL_TIMEOUT = 900
 
 
