@@ -6,8 +6,10 @@ Nothing here touches the network or the project's real data/ folder.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import http.server
 import io
+import json
 import os
 import socket
 import threading
@@ -187,6 +189,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
 
 
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder every xdist worker of this pytest session shares (popen-gwN's parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def course_decks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Every course deck, built from the committed notebooks once per pytest session (its xdist workers
+    included: test_slides.py and test_slide_fit.py read the same decks). The rows of ``build_slides``."""
+    from tlcourse.courseware import slides
+
+    folder = session_dir(tmp_path_factory) / "course-decks"
+    done = folder / "rows.json"
+    with open(session_dir(tmp_path_factory) / "course-decks.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits here while the first one builds
+        if not done.exists():
+            rows = slides.build_slides(out=folder)
+            done.write_text(json.dumps(rows))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture
 def shared_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """One ``TLCOURSE_CACHE_DIR`` for every notebook run of this pytest session, its xdist workers
@@ -194,9 +218,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     and ONNX caches are keyed by everything they depend on, so a frozen pass that several runs
     make (05's near-duplicate standard on EfficientNet-Lite0) is computed once per session.
     A new session starts empty: nothing from an earlier run can stand in for this one's."""
-    base = tmp_path_factory.getbasetemp()
-    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: popen-gwN's parent
-    cache = session / "shared-cache"
+    cache = session_dir(tmp_path_factory) / "shared-cache"
     cache.mkdir(exist_ok=True)
     monkeypatch.setenv("TLCOURSE_CACHE_DIR", str(cache))
     return cache

@@ -118,13 +118,13 @@ def chromium() -> Iterator[Chromium]:
 
 
 @pytest.fixture(scope="module")
-def decks(tmp_path_factory) -> dict[str, Path]:
-    """Every course deck and the crowded lesson's deck, built into one temporary folder."""
+def decks(tmp_path_factory, course_decks: list[dict]) -> dict[str, Path]:
+    """Every course deck (built once per session: conftest's ``course_decks``) and the crowded lesson's deck."""
     out = tmp_path_factory.mktemp("slides")
-    rows = slides.build_slides(out=out)
+    slides.vendor_reveal(out)
     source = out / "98_crowded.ipynb"
     nbformat.write(crowded_lesson(), source)
-    built = {Path(r["deck"]).name.split(".")[0]: Path(r["deck"]) for r in rows}
+    built = {Path(r["deck"]).name.split(".")[0]: Path(r["deck"]) for r in course_decks}
     built["98_crowded"] = slides.render_deck(source, out / "98_crowded.slides.html")
     return built
 

@@ -171,10 +171,10 @@ def chromium() -> Iterator[Chromium]:
 
 
 @pytest.fixture(scope="module")
-def served_decks() -> Iterator[tuple[str, dict[str, slides.SlidePlan]]]:
-    """Build every deck into build/slides and serve that folder on 127.0.0.1 (port 0)."""
-    out = build_dir() / "slides"
-    rows = slides.build_slides(out=out)
+def served_decks(course_decks: list[dict]) -> Iterator[tuple[str, dict[str, slides.SlidePlan]]]:
+    """Every deck (built once per session: conftest's ``course_decks``), served on 127.0.0.1 (port 0)."""
+    rows = course_decks
+    out = Path(rows[0]["deck"]).parent
     plans = {Path(r["deck"]).name.split(".")[0]: slides.slide_plan(nbformat.read(p, as_version=4))
              for r, p in zip(rows, NOTEBOOKS)}
 
