@@ -105,6 +105,20 @@ def test_training_does_not_import_the_multi_process_plug_in():
     assert "tlcourse.train" in edges["tlcourse.experiments.distributed"]
 
 
+def test_the_fresh_process_that_checks_fits_exports_stays_light():
+    """``fit`` checks its exports in a fresh ``python -m tlcourse.inference`` (a few seconds of imports
+    for every run): that module must not reach the applications (the own-data pipeline, the advisor)."""
+    edges, seen, todo = graph(), set(), ["tlcourse.inference"]
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        parents = {".".join(parts[:i]) for i in range(1, len(parts))}  # importing a.b.c runs a and a.b first
+        for nxt in (edges.get(module, set()) | parents) - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    assert not [m for m in seen if m.startswith("tlcourse.experiments")], sorted(seen)
+
+
 @pytest.mark.parametrize("function, max_params", [(train_one_epoch, 7), (evaluate, 7)])
 def test_the_taught_loop_fits_on_one_screen(function, max_params):
     lines = inspect.getsource(function).splitlines()

@@ -151,8 +151,9 @@ def test_a_fine_tune_that_would_outrun_the_budget_stops_at_its_deadline_and_says
 
 def test_a_stage_probe_round_trips_through_its_own_bundle(tmp_path: Path) -> None:
     from tlcourse.experiments.own_data.candidates import Candidate
-    from tlcourse.experiments.own_data.deploy import StageProbe, _export_stage_probe, deployed_model
+    from tlcourse.experiments.own_data.deploy import deployed_model
     from tlcourse.experiments.own_data.pipeline import _preprocessing
+    from tlcourse.inference import StageProbe, export_stage_probe
 
     head = {"weight": torch.randn(2, 112), "bias": torch.randn(2)}
     c = Candidate("probe", "probe_early", "efficientnet_lite0", "blocks.4", False, False, 0.0,
@@ -160,8 +161,8 @@ def test_a_stage_probe_round_trips_through_its_own_bundle(tmp_path: Path) -> Non
     model = deployed_model(c, 2)
     assert isinstance(model, StageProbe)
     pre = _preprocessing("efficientnet_lite0", 64)
-    path = _export_stage_probe(model, tmp_path / "model.pt", backbone="efficientnet_lite0", stage="blocks.4",
-                               class_names=["a", "b"], pre=pre, tta="hflip", meta={})
+    path = export_stage_probe(model, tmp_path / "model.pt", backbone="efficientnet_lite0", stage="blocks.4",
+                              class_names=["a", "b"], preprocessing=pre, tta="hflip", meta={})
     make_images(tmp_path / "img", {"a": 1})
     image = tmp_path / "img" / "a" / "0.png"
     loaded = own_data.load_model(path)

@@ -16,7 +16,12 @@ Everything is plain data (dicts, lists, strings, numbers, tensors), so :func:`lo
 reads it with ``torch.load(weights_only=True)``, which refuses to run pickled code.
 
 Run ``python -m tlcourse.inference BUNDLE IMAGE [IMAGE ...]`` to predict in a fresh process; it
-prints one JSON object per image (:func:`predict_in_subprocess` does this from Python).
+prints one JSON object per image (:func:`predict_in_subprocess` does this from Python). With
+``--onnx MODEL.onnx`` an ONNX file predicts the same images too (:func:`onnx_predict_files`).
+
+A probe on an earlier stage (``fit`` chooses these) is not a whole registry network: it is a
+:class:`StageProbe` (the backbone up to that stage, global average pooling, a linear layer) and has
+a bundle of its own kind (:func:`export_stage_probe`), which :func:`load_bundle` reads too.
 
 For deployment without PyTorch, :func:`export_onnx` writes the network as an ONNX graph that ONNX
 Runtime (or any other ONNX runtime) executes; the same facts as in a bundle (class names,
@@ -25,6 +30,7 @@ preprocessing, TTA) travel in the ONNX file's metadata, read back by :func:`onnx
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -35,23 +41,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from tlcourse._io import atomic_path, atomic_save, format_problem, read_or_explain
 from tlcourse.data import load_rgb, to_rgb
+from tlcourse.features.extract import global_pool
 from tlcourse.models import Preprocessing, backbone_spec, build_backbone
+from tlcourse.stages import split_at
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "STAGE_PROBE_FORMAT",
     "TTA_MODES",
     "Bundle",
     "Prediction",
+    "StageProbe",
     "export_bundle",
     "export_onnx",
+    "export_stage_probe",
     "load_bundle",
     "onnx_metadata",
+    "onnx_predict_files",
     "predict",
     "predict_in_subprocess",
     "predict_proba",
@@ -60,6 +73,9 @@ __all__ = [
 
 #: Bumped when the bundle layout changes; :func:`load_bundle` refuses other versions.
 BUNDLE_FORMAT = 1
+
+#: The format of a stage probe's bundle (:func:`export_stage_probe`); :func:`load_bundle` reads both kinds.
+STAGE_PROBE_FORMAT = "stage-probe-1"
 
 #: Test-time augmentations :func:`predict_proba` knows.
 TTA_MODES = ("none", "hflip")
@@ -356,16 +372,53 @@ class Bundle:
         return predict(self.model, image, preprocessing=self.preprocessing, class_names=self.class_names, tta=self.tta)
 
 
+class StageProbe(nn.Module):
+    """A probe on an earlier stage as one network: backbone up to ``stage``, average pool, linear."""
+
+    def __init__(self, model: nn.Module, stage: str, head: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.lower = split_at(model, stage).lower
+        self.head = nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
+        with torch.no_grad():
+            self.head.weight.copy_(head["weight"])
+            self.head.bias.copy_(head["bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(global_pool(self.lower(x)))
+
+
+def export_stage_probe(model: StageProbe, path: str | os.PathLike[str], *, backbone: str, stage: str,
+                       class_names: Sequence[str], preprocessing: Preprocessing, tta: str = "none",
+                       meta: Mapping[str, Any] | None = None) -> Path:
+    """A stage probe's bundle: plain data and tensors, loadable with ``weights_only=True`` (atomically written)."""
+    return atomic_save({"format": STAGE_PROBE_FORMAT, "kind": "stage-probe", "backbone": backbone, "stage": stage,
+                        "class_names": [str(c) for c in class_names], "tta": tta,
+                        "meta": json.loads(json.dumps(dict(meta or {}))),
+                        "preprocessing": _preprocessing_dict(preprocessing),
+                        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+
+
 def _not_a_bundle(raw: Any) -> str | None:
+    if isinstance(raw, dict) and raw.get("format") == STAGE_PROBE_FORMAT:
+        return None
     problem = format_problem(raw, BUNDLE_FORMAT)
     return None if problem is None else f"not a tlcourse model bundle of format {BUNDLE_FORMAT}: {problem}"
 
 
 def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Bundle:
-    """Rebuild the model of an :func:`export_bundle` file (no download: the weights are in it)."""
+    """Rebuild the model of an :func:`export_bundle` or :func:`export_stage_probe` file (no download:
+    the weights are in it)."""
     raw = read_or_explain(Path(path), lambda p: torch.load(p, map_location=device, weights_only=True),
                           what="model bundle", remedy="Export it again with export_bundle, or ask for a new copy.",
                           check=_not_a_bundle)
+    if raw["format"] == STAGE_PROBE_FORMAT:
+        k, dim = len(raw["class_names"]), raw["state_dict"]["head.weight"].shape[1]
+        model = StageProbe(build_backbone(raw["backbone"], pretrained=False), raw["stage"],
+                           {"weight": torch.zeros(k, dim), "bias": torch.zeros(k)})
+        model.load_state_dict(raw["state_dict"])
+        model.to(device).eval()
+        return Bundle(model=model, class_names=list(raw["class_names"]), preprocessing=_preprocessing_from(raw["preprocessing"]),
+                      tta=str(raw["tta"]), backbone=str(raw["backbone"]), meta=dict(raw["meta"]))
     model = build_backbone(raw["backbone"], num_classes=int(raw["num_classes"]), pretrained=False)
     model.load_state_dict(raw["state_dict"])  # strict: every tensor must fit
     model.to(device).eval()
@@ -388,14 +441,51 @@ def predict_in_subprocess(bundle_path: str | os.PathLike[str], images: Sequence[
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+def onnx_predict_files(onnx_file: str | os.PathLike[str], images: Sequence[str]) -> list[dict[str, Any]]:
+    """Predict image files with an exported ONNX file alone (its metadata holds the preprocessing and TTA)."""
+    import onnxruntime
+
+    facts = onnx_metadata(onnx_file)
+    pre = _preprocessing_from(facts["preprocessing"])
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    names, out = facts["class_names"], []
+    for path in images:
+        x = pre.eval_transform()(load_rgb(path)).unsqueeze(0).numpy()
+        views = [x, x[..., ::-1].copy()] if facts.get("tta") == "hflip" else [x]
+        logits = [session.run(None, {"image": v})[0][0] for v in views]
+        probs = np.mean([np.exp(v - v.max()) / np.exp(v - v.max()).sum() for v in logits], axis=0)
+        k = int(probs.argmax())
+        out.append({"path": str(path), "label": names[k], "confidence": float(probs[k]),
+                    "probabilities": {n: float(p) for n, p in zip(names, probs)}})
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tlcourse.inference BUNDLE IMAGE ...``: one JSON line per image. With ``--onnx MODEL.onnx``
+    (the bundle then optional, as ``--bundle MODEL.pt``) the ONNX file predicts too, and each line names
+    its ``runtime`` ("bundle" or "onnx"): ``fit`` checks its exports this way, in one fresh process."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 2:
-        print("usage: python -m tlcourse.inference BUNDLE IMAGE [IMAGE ...]", file=sys.stderr)
-        return 2
-    bundle = load_bundle(args[0])
-    for image in args[1:]:
-        print(json.dumps({"path": image, **bundle.predict(image).as_dict()}))
+    if "--onnx" not in args:
+        if len(args) < 2:
+            print("usage: python -m tlcourse.inference BUNDLE IMAGE [IMAGE ...]\n"
+                  "       python -m tlcourse.inference --onnx MODEL.onnx [--bundle MODEL.pt] IMAGE [IMAGE ...]",
+                  file=sys.stderr)
+            return 2
+        bundle = load_bundle(args[0])
+        for image in args[1:]:
+            print(json.dumps({"path": image, **bundle.predict(image).as_dict()}))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m tlcourse.inference")
+    parser.add_argument("--onnx", required=True)
+    parser.add_argument("--bundle", default=None)
+    parser.add_argument("images", nargs="+")
+    parsed = parser.parse_args(args)
+    if parsed.bundle is not None:
+        bundle = load_bundle(parsed.bundle)
+        for image in parsed.images:
+            print(json.dumps({"runtime": "bundle", "path": image, **bundle.predict(image).as_dict()}))
+    for row in onnx_predict_files(parsed.onnx, parsed.images):
+        print(json.dumps({"runtime": "onnx", **row}))
     return 0
 
 

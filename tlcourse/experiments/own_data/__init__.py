@@ -13,10 +13,10 @@ first and within a time budget, chosen on validation, tested once, exported and 
 - :mod:`.examples`     course datasets written out as plain folders (:func:`write_course_folder`)
 """
 
-from tlcourse.experiments.own_data.deploy import load_model
 from tlcourse.experiments.own_data.examples import write_course_folder
 from tlcourse.experiments.own_data.pipeline import LARGER, fit_folder
 from tlcourse.experiments.own_data.report import FitReport
 from tlcourse.experiments.own_data.scan import FolderRefused, UserData, read_folder
+from tlcourse.inference import load_bundle as load_model  # fit's model.pt, of either kind: the one loader
 
 __all__ = ["LARGER", "FitReport", "FolderRefused", "UserData", "fit_folder", "load_model", "read_folder", "write_course_folder"]

@@ -37,10 +37,10 @@ from tlcourse.data import load_rgb
 from tlcourse.evaluation import Estimate, accuracy_ci, compare, describe, paired_comparison
 from tlcourse.experiments.advisor import Recommendation
 from tlcourse.experiments.own_data.candidates import Candidate
-from tlcourse.experiments.own_data.deploy import StageProbe, deployed_model, export
+from tlcourse.experiments.own_data.deploy import deployed_model, export
 from tlcourse.experiments.own_data.scan import TEST_FRACTION, UserData
 from tlcourse.explain import gradcam, gradcam_grid
-from tlcourse.inference import predict_proba
+from tlcourse.inference import StageProbe, predict_proba
 from tlcourse.models import Preprocessing
 from tlcourse.paths import shown
 from tlcourse.plots import confusion_matrix, denormalize, image_grid
