@@ -6,7 +6,6 @@ Nothing here touches the network or the project's real data/ folder.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import http.server
 import io
 import json
@@ -199,12 +198,12 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def course_decks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Every course deck, built from the committed notebooks once per pytest session (its xdist workers
     included: test_slides.py and test_slide_fit.py read the same decks). The rows of ``build_slides``."""
+    from tlcourse._io import locked
     from tlcourse.courseware import slides
 
     folder = session_dir(tmp_path_factory) / "course-decks"
     done = folder / "rows.json"
-    with open(session_dir(tmp_path_factory) / "course-decks.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits here while the first one builds
+    with locked(folder):  # the other worker waits here while the first one builds
         if not done.exists():
             rows = slides.build_slides(out=folder)
             done.write_text(json.dumps(rows))
