@@ -3,6 +3,7 @@ generated images."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from tlcourse.inference import (
     export_bundle,
     export_onnx,
     load_bundle,
+    main,
     onnx_metadata,
     predict,
     predict_in_subprocess,
@@ -127,6 +129,25 @@ def test_a_fresh_process_gives_identical_predictions(tiny_model, image_files, tm
 def test_the_command_line_prints_usage_without_arguments():
     done = subprocess.run([sys.executable, "-m", "tlcourse.inference"], capture_output=True, text=True)
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_the_command_line_predicts_with_the_onnx_file_and_the_bundle_each_line_naming_its_runtime(
+        tiny_model, image_files, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    names = ["alien", "predator"]
+    bundle = export_bundle(tiny_model, tmp_path / "m.pt", class_names=names, preprocessing=PRE, tta="hflip")
+    onnx_file = export_onnx(tiny_model, tmp_path / "m.onnx", 64, class_names=names, preprocessing=PRE, tta="hflip")
+    files = [str(f) for f in image_files]
+    assert main(["--onnx", str(onnx_file), "--bundle", str(bundle), *files]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["runtime"], r["path"]) for r in rows] == [("bundle", f) for f in files] + [("onnx", f) for f in files]
+    here = [predict(tiny_model, f, preprocessing=PRE, class_names=names, tta="hflip").as_dict() for f in files]
+    for runtime in ("bundle", "onnx"):
+        there = [r for r in rows if r["runtime"] == runtime]
+        assert [t["label"] for t in there] == [h["label"] for h in here]
+        assert max(abs(t["probabilities"][n] - h["probabilities"][n]) for t, h in zip(there, here) for n in names) < 1e-4
+    assert main(["--onnx", str(onnx_file), files[0]]) == 0  # the ONNX file alone
+    assert [json.loads(line)["runtime"] for line in capsys.readouterr().out.splitlines()] == ["onnx"]
 
 
 def test_the_onnx_export_predicts_like_pytorch_and_states_its_preprocessing(tiny_model, tmp_path):
