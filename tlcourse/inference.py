@@ -432,7 +432,7 @@ def predict_in_subprocess(bundle_path: str | os.PathLike[str], images: Sequence[
 
     Nothing of the current process (its model object, imported modules, random state) reaches
     the child: this shows that the file alone is enough. Returns one
-    :meth:`Prediction.as_dict` per image, in order.
+    :meth:`Prediction.as_dict` per image, in order, with its ``path`` and ``runtime``.
     """
     cmd = [sys.executable, "-m", "tlcourse.inference", str(bundle_path), *map(str, images)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -461,30 +461,25 @@ def onnx_predict_files(onnx_file: str | os.PathLike[str], images: Sequence[str])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tlcourse.inference BUNDLE IMAGE ...``: one JSON line per image. With ``--onnx MODEL.onnx``
-    (the bundle then optional, as ``--bundle MODEL.pt``) the ONNX file predicts too, and each line names
-    its ``runtime`` ("bundle" or "onnx"): ``fit`` checks its exports this way, in one fresh process."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--onnx" not in args:
-        if len(args) < 2:
-            print("usage: python -m tlcourse.inference BUNDLE IMAGE [IMAGE ...]\n"
-                  "       python -m tlcourse.inference --onnx MODEL.onnx [--bundle MODEL.pt] IMAGE [IMAGE ...]",
-                  file=sys.stderr)
-            return 2
-        bundle = load_bundle(args[0])
-        for image in args[1:]:
-            print(json.dumps({"path": image, **bundle.predict(image).as_dict()}))
-        return 0
-    parser = argparse.ArgumentParser(prog="python -m tlcourse.inference")
-    parser.add_argument("--onnx", required=True)
-    parser.add_argument("--bundle", default=None)
-    parser.add_argument("images", nargs="+")
-    parsed = parser.parse_args(args)
-    if parsed.bundle is not None:
-        bundle = load_bundle(parsed.bundle)
-        for image in parsed.images:
-            print(json.dumps({"runtime": "bundle", "path": image, **bundle.predict(image).as_dict()}))
-    for row in onnx_predict_files(parsed.onnx, parsed.images):
+    """``python -m tlcourse.inference BUNDLE IMAGE ...``: one JSON line per image, naming its ``runtime``.
+    With ``--onnx MODEL.onnx`` the ONNX file predicts the images too (the bundle, optional, then comes as
+    ``--bundle MODEL.pt``): ``fit`` checks its exports this way, both in one fresh process."""
+    parser = argparse.ArgumentParser(prog="python -m tlcourse.inference",
+                                     usage="%(prog)s BUNDLE IMAGE [IMAGE ...]\n"
+                                           "       %(prog)s --onnx MODEL.onnx [--bundle MODEL.pt] IMAGE [IMAGE ...]")
+    parser.add_argument("paths", nargs="*")
+    parser.add_argument("--onnx")
+    parser.add_argument("--bundle")
+    args = parser.parse_args(argv)
+    bundle, images = (args.bundle, args.paths) if args.onnx else (next(iter(args.paths), None), args.paths[1:])
+    if not images:
+        parser.print_usage(sys.stderr)
+        return 2
+    if bundle is not None:
+        model = load_bundle(bundle)
+        for image in images:
+            print(json.dumps({"runtime": "bundle", "path": image, **model.predict(image).as_dict()}))
+    for row in onnx_predict_files(args.onnx, images) if args.onnx else []:
         print(json.dumps({"runtime": "onnx", **row}))
     return 0
 
