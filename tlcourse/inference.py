@@ -411,15 +411,12 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
     raw = read_or_explain(Path(path), lambda p: torch.load(p, map_location=device, weights_only=True),
                           what="model bundle", remedy="Export it again with export_bundle, or ask for a new copy.",
                           check=_not_a_bundle)
-    if raw["format"] == STAGE_PROBE_FORMAT:
+    if raw["format"] == STAGE_PROBE_FORMAT:  # the backbone up to its stage, pooled, and a linear layer
         k, dim = len(raw["class_names"]), raw["state_dict"]["head.weight"].shape[1]
-        model = StageProbe(build_backbone(raw["backbone"], pretrained=False), raw["stage"],
-                           {"weight": torch.zeros(k, dim), "bias": torch.zeros(k)})
-        model.load_state_dict(raw["state_dict"])
-        model.to(device).eval()
-        return Bundle(model=model, class_names=list(raw["class_names"]), preprocessing=_preprocessing_from(raw["preprocessing"]),
-                      tta=str(raw["tta"]), backbone=str(raw["backbone"]), meta=dict(raw["meta"]))
-    model = build_backbone(raw["backbone"], num_classes=int(raw["num_classes"]), pretrained=False)
+        model: nn.Module = StageProbe(build_backbone(raw["backbone"], pretrained=False), raw["stage"],
+                                      {"weight": torch.zeros(k, dim), "bias": torch.zeros(k)})
+    else:
+        model = build_backbone(raw["backbone"], num_classes=int(raw["num_classes"]), pretrained=False)
     model.load_state_dict(raw["state_dict"])  # strict: every tensor must fit
     model.to(device).eval()
     return Bundle(model=model, class_names=list(raw["class_names"]), preprocessing=_preprocessing_from(raw["preprocessing"]),
