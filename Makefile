@@ -15,10 +15,6 @@ ifneq ($(wildcard ../shared/datasets),)
 export TLCOURSE_MIRROR ?= $(abspath ../shared/datasets)
 endif
 PROFILE ?= default
-# Bytecode is cached as Python imports each module (pip installs without compiling): a machine that
-# sets PYTHONDONTWRITEBYTECODE would otherwise recompile torch in every kernel and test process. This
-# compiles what the course imports, about a third of the files of .venv, instead of all of them up front.
-unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup course test unit lab slides site refresh status clean
 
@@ -30,6 +26,10 @@ $(STAMP): pyproject.toml scripts/readme_setup.py scripts/torch_index.py
 	@# (scripts/readme_setup.py); without an NVIDIA GPU they take torch's CPU build when its index is
 	@# reachable, and pip's own configuration stays in force (scripts/torch_index.py).
 	$(PYTHON) scripts/readme_setup.py --python $(PYTHON)
+	@# Bytecode is compiled once, on every core (pip compiles file by file): a machine that sets
+	@# PYTHONDONTWRITEBYTECODE never caches it, and each kernel and test process would recompile torch.
+	@# (a few files written for newer Pythons do not compile; pip skips them too, hence || true)
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib tlcourse >/dev/null 2>&1 || true
 	@touch $(STAMP)
 	@echo "[setup] $$(date -u +%H:%M:%S) done"
 

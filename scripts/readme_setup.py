@@ -13,7 +13,7 @@ README's present lines run into a new ``.venv`` of a clean clone, the test insta
 clone itself.
 
 Two things differ from a learner's shell, and neither changes what is installed: pip does not
-byte-compile (Python compiles what it imports, and make lets it cache that), and ``PYTHON=...`` given to make
+byte-compile (``make setup`` compiles afterwards, on every core), and ``PYTHON=...`` given to make
 replaces the README's ``python3`` (the record then says so, and the test does the full install).
 Standard library only: it runs before the course exists.
 """
@@ -54,7 +54,7 @@ def learner_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     venv_bin = str(root / ".venv" / "bin")
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
-    # pip does not byte-compile: Python compiles what the course imports. (PIP_COMPILE=0, since
+    # pip does not byte-compile: make setup compiles afterwards on every core. (PIP_COMPILE=0, since
     # pip reads PIP_NO_COMPILE=1 as "compile": an install with it left every file of torch/ compiled.)
     env.pop("PIP_NO_COMPILE", None)
     env["PIP_COMPILE"] = "0"
